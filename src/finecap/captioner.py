@@ -1,0 +1,134 @@
+"""`Captioner`: the user-facing model — load, caption images, save.
+
+A saved captioner is a folder: `config.json` (model config), `model.safetensors` (weights)
+and `vocab.json`. The CLI, trainer and reproduce pipeline all go through this class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from finecap.data.vocab import Vocab
+from finecap.decoding import Decoded, DecodingConfig, decode
+from finecap.models import CaptionModel, ModelConfig
+from finecap.models.encoders import HFImageEncoder
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass
+class Caption:
+    text: str
+    words: list[str]
+    score: float
+    attention: Tensor | None = None  # (len(words) + 1, R): one map per word and for <eos>
+    grid: tuple[int, int] | None = None  # (rows, cols) of the region grid, for plotting
+
+
+class Captioner:
+    def __init__(self, model: CaptionModel, vocab: Vocab) -> None:
+        self.model = model
+        self.vocab = vocab
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @classmethod
+    def create(cls, config: ModelConfig, vocab: Vocab) -> Captioner:
+        return cls(CaptionModel(config, len(vocab)), vocab)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None) -> Captioner:
+        """Load a saved captioner; None loads the bundled default scenes model."""
+        folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder}: not a finecap captioner folder (missing {', '.join(missing)})"
+            )
+        data = json.loads((folder / CONFIG_FILE).read_text())
+        config = ModelConfig.from_dict(data["model"])
+        backbone_dir = folder / BACKBONE_DIR
+        if backbone_dir.is_dir():
+            # A pretrained backbone's weights are in model.safetensors already: rebuild it from
+            # its saved config instead of looking the weights up on the hub again.
+            config.encoder = HFImageEncoder.config_from_folder(config.encoder, backbone_dir)
+        vocab = Vocab.load(folder / VOCAB_FILE)
+        captioner = cls.create(config, vocab)
+        captioner.model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        captioner.model.eval()
+        return captioner
+
+    def save_pretrained(self, folder: str | os.PathLike, extra: dict | None = None) -> None:
+        """Write the folder atomically: a temp folder beside it, then a rename."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, tmp / WEIGHTS_FILE)
+            meta = {"model": self.config.to_dict(), "finecap": extra or {}}
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+            self.vocab.save(tmp / VOCAB_FILE)
+            if isinstance(self.model.encoder, HFImageEncoder):
+                self.model.encoder.save_backbone_config(tmp / BACKBONE_DIR)
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                folder.rename(old)
+                tmp.rename(folder)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        beam_size: int = 3,
+        decoding: DecodingConfig | None = None,
+        batch_size: int = 32,
+        with_attention: bool = False,
+    ) -> list[Caption]:
+        """Caption RGB PIL images (open files with `finecap.data.images.load_image`)."""
+        decoding = decoding or DecodingConfig(beam_size=beam_size)
+        self.model.eval()
+        results: list[Caption] = []
+        for start in range(0, len(images), batch_size):
+            chunk = list(images[start : start + batch_size])
+            pixels = self.model.encoder.preprocess(chunk)
+            enc = self.model.encode(pixels)
+            decoded = decode(self.model.decoder, enc, decoding, keep_attention=with_attention)
+            results += self._to_captions(decoded, decoding.n_best, enc.regions.shape[1])
+        return results
+
+    def _to_captions(self, decoded: Decoded, n_best: int, regions: int) -> list[Caption]:
+        side = int(round(regions**0.5))
+        grid = (side, side) if side * side == regions else None
+        out = []
+        for i in range(0, decoded.tokens.shape[0], n_best):  # the best of each image's n-best
+            ids = decoded.tokens[i].tolist()
+            text = self.vocab.decode(ids)
+            words = text.split()
+            attention = None
+            if decoded.attention is not None:
+                attention = decoded.attention[i, : len(words) + 1].float().cpu()
+            out.append(Caption(text, words, float(decoded.scores[i]), attention, grid))
+        return out

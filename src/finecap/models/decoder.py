@@ -1,0 +1,92 @@
+"""The decoder contract shared by the LSTM and transformer decoders.
+
+A decoder exposes
+- `init_state(enc) -> state`: a dict of batch-first tensors, so beam search and sampling can
+  reorder or repeat any decoder's state the same way (`reorder_state`);
+- `step(tokens (B,), state) -> StepOutput`: next-word logits, new state, attention over regions;
+- `forward(enc, tokens (B, T)) -> DecoderOutput`: teacher forcing over a whole caption.
+Greedy, beam and sampling decoding (`finecap.decoding`) are written once against this.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from finecap.models.encoders import EncoderOutput
+from finecap.registry import Registry
+
+State = dict[str, Tensor]
+
+
+@dataclass
+class DecoderConfig:
+    name: str = "lstm"
+    """Registered decoder name: lstm or transformer."""
+    hidden_size: int = 256
+    """H: LSTM hidden size / transformer model width."""
+    embed_size: int = 256
+    """Word embedding size (LSTM; the transformer uses hidden_size)."""
+    attention_size: int = 256
+    """LSTM: size of the additive attention layer."""
+    num_layers: int = 2
+    """Transformer: number of decoder layers (Cho et al. use 6)."""
+    num_heads: int = 8
+    """Transformer: attention heads."""
+    ffn_size: int = 1024
+    """Transformer: feed-forward inner size."""
+    dropout: float = 0.1
+    attention_penalty: float = 1.0
+    """LSTM: lambda of the doubly-stochastic attention penalty (Show, Attend and Tell)."""
+    max_len: int = 24
+    """Longest caption in words, without <bos>/<eos> (sets the transformer's position table)."""
+
+
+@dataclass
+class StepOutput:
+    logits: Tensor  # (B, V)
+    state: State
+    attention: Tensor  # (B, R)
+
+
+@dataclass
+class DecoderOutput:
+    logits: Tensor  # (B, T, V)
+    attention: Tensor  # (B, T, R)
+    aux_loss: Tensor | None = None  # scalar regulariser to add to the training loss
+
+
+class Decoder(nn.Module, ABC):
+    def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.feature_dim = feature_dim
+
+    @abstractmethod
+    def init_state(self, enc: EncoderOutput) -> State:
+        """Decoder state before the first word (<bos> is fed by the caller)."""
+
+    @abstractmethod
+    def step(self, tokens: Tensor, state: State) -> StepOutput:
+        """One word: tokens (B,) are the previous words."""
+
+    @abstractmethod
+    def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
+        """Teacher forcing: tokens (B, T) start with <bos>; logits[:, t] predict tokens[:, t+1]."""
+
+
+def reorder_state(state: State, index: Tensor) -> State:
+    """Pick rows of every state tensor: beams after a top-k, or repeats for sampling."""
+    return {key: value.index_select(0, index) for key, value in state.items()}
+
+
+_DECODERS: Registry[Decoder] = Registry("decoder")
+register_decoder = _DECODERS.register
+list_decoders = _DECODERS.names
+
+
+def create_decoder(config: DecoderConfig, vocab_size: int, feature_dim: int) -> Decoder:
+    return _DECODERS.create(config.name, config, vocab_size, feature_dim)

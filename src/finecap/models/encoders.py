@@ -1,0 +1,247 @@
+"""Image encoders: pixels (or precomputed features) -> region features + a pooled feature.
+
+Three encoders are registered:
+- `small_cnn`: a 4-layer CNN trained from scratch (the scenes world default);
+- `resnet50`: a Hugging Face `ResNetModel` without its classifier, giving the 7x7x2048 grid
+  of Show, Attend and Tell / Up-Down style captioners;
+- `clip`: the Hugging Face `CLIPVisionModel`, giving the patch grid as in CLIP-ViL and
+  Cho et al. (2022).
+
+Every encoder accepts precomputed backbone features through `encode_features`, and the pixel
+path is `encode_features(backbone(pixels))`, so both give identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from finecap.hub import from_pretrained
+from finecap.registry import Registry
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "small_cnn"
+    """Registered encoder name: small_cnn, resnet50 or clip."""
+    pretrained: str | None = None
+    """Hugging Face hub name or local folder (resnet50, clip). None: random initialisation."""
+    freeze: bool = False
+    """Keep the backbone's weights fixed (feature extraction only)."""
+    image_size: int = 96
+    """Input side for small_cnn; pretrained encoders use their own image processor."""
+    width: int = 128
+    """small_cnn: channels of the last layer (= feature size D)."""
+    hf_config: dict = field(default_factory=dict)
+    """Config overrides for a randomly initialised HF backbone (tests, tiny models)."""
+
+
+@dataclass
+class EncoderOutput:
+    regions: Tensor  # (B, R, D)
+    mask: Tensor | None  # (B, R) True where a region is real; None = all real
+    pooled: Tensor  # (B, D)
+
+    def repeat_interleave(self, n: int) -> EncoderOutput:
+        """Each image n times in a row: (B, ...) -> (B*n, ...), for beams and samples."""
+        mask = None if self.mask is None else self.mask.repeat_interleave(n, 0)
+        return EncoderOutput(
+            self.regions.repeat_interleave(n, 0), mask, self.pooled.repeat_interleave(n, 0)
+        )
+
+
+def masked_mean(regions: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over real regions: (B, R, D) -> (B, D)."""
+    if mask is None:
+        return regions.mean(1)
+    weights = mask.unsqueeze(-1).to(regions.dtype)
+    return (regions * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class Encoder(nn.Module, ABC):
+    """Base class: subclasses implement `backbone` and `preprocess`."""
+
+    feature_dim: int
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    @abstractmethod
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        """RGB PIL images -> pixels (B, 3, S, S) normalised as the backbone expects."""
+
+    @abstractmethod
+    def backbone(self, pixels: Tensor) -> Tensor:
+        """Pixels (B, 3, S, S) -> backbone features (B, R, D)."""
+
+    def encode_features(self, regions: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+        """Precomputed backbone features (B, R, D) -> EncoderOutput."""
+        return EncoderOutput(regions, mask, masked_mean(regions, mask))
+
+    def forward(self, pixels: Tensor) -> EncoderOutput:
+        if self.config.freeze:
+            with torch.no_grad():
+                return self.encode_features(self.backbone(pixels))
+        return self.encode_features(self.backbone(pixels))
+
+    def _freeze_if_asked(self, module: nn.Module) -> None:
+        if self.config.freeze:
+            module.requires_grad_(False)
+            module.eval()
+
+    def train(self, mode: bool = True) -> Encoder:
+        super().train(mode)
+        if self.config.freeze:  # frozen backbones keep batch-norm statistics and no dropout
+            for child in self.children():
+                child.eval()
+        return self
+
+
+_ENCODERS: Registry[Encoder] = Registry("encoder")
+register_encoder = _ENCODERS.register
+list_encoders = _ENCODERS.names
+
+
+def create_encoder(config: EncoderConfig) -> Encoder:
+    return _ENCODERS.create(config.name, config)
+
+
+def _normalise(images: list[Image.Image], size: int, mean: tuple, std: tuple) -> Tensor:
+    """Resize (bicubic) to size x size and normalise per channel -> (B, 3, size, size)."""
+    arrays = [
+        np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32)
+        for img in images
+    ]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@register_encoder("small_cnn")
+class SmallCNN(Encoder):
+    """Four stride-2/1 conv blocks: 96 px -> 12x12 grid of `width` features + learned positions.
+
+    Positions matter in the scenes world: relations (left of, above) are geometry, and convs
+    with global attention on top are otherwise nearly translation invariant.
+    """
+
+    MEAN = (0.5, 0.5, 0.5)
+    STD = (0.25, 0.25, 0.25)
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__(config)
+        w = config.width
+        channels = [3, w // 4, w // 2, w, w]
+        strides = [2, 2, 2, 1]
+        layers: list[nn.Module] = []
+        for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides, strict=True):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+            ]
+        self.convs = nn.Sequential(*layers)
+        side = -(-config.image_size // 8)  # three stride-2 layers, rounding up
+        self.position = nn.Parameter(torch.zeros(1, side * side, w))
+        self.feature_dim = w
+        self._freeze_if_asked(self)
+
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        return _normalise(images, self.config.image_size, self.MEAN, self.STD)
+
+    def backbone(self, pixels: Tensor) -> Tensor:
+        grid = self.convs(pixels)  # (B, D, S/8, S/8)
+        return grid.flatten(2).transpose(1, 2) + self.position  # (B, R, D)
+
+
+class HFImageEncoder(Encoder):
+    """Shared loading for Hugging Face backbones: pretrained folder/hub name or a config."""
+
+    model_class: type
+    config_class: type
+    what: str
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__(config)
+        from transformers import AutoImageProcessor
+
+        if config.pretrained:
+            self.model = from_pretrained(self.model_class, config.pretrained, self.what)
+            self.processor = from_pretrained(AutoImageProcessor, config.pretrained, self.what)
+        else:
+            hf_config = {k: v for k, v in config.hf_config.items() if k != "processor_dir"}
+            self.model = self.model_class(self.config_class(**hf_config))
+            processor_dir = config.hf_config.get("processor_dir")
+            self.processor = (
+                AutoImageProcessor.from_pretrained(processor_dir) if processor_dir else None
+            )
+        self._freeze_if_asked(self.model)
+
+    def save_backbone_config(self, folder: Path) -> None:
+        """Write the backbone config and image processor (not the weights) into folder."""
+        self.model.config.save_pretrained(folder)
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
+
+    @classmethod
+    def config_from_folder(cls, config: EncoderConfig, folder: Path) -> EncoderConfig:
+        """The config that rebuilds this backbone offline from `save_backbone_config` output.
+
+        Weights then come from the captioner's own model.safetensors, never from the hub.
+        """
+        hf_config = json.loads((folder / "config.json").read_text())
+        hf_config = {
+            k: v for k, v in hf_config.items() if k not in ("transformers_version", "architectures")
+        }
+        if (folder / "preprocessor_config.json").is_file():
+            hf_config["processor_dir"] = str(folder)
+        return replace(config, pretrained=None, hf_config=hf_config)
+
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        if self.processor is not None:
+            return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        size = self.model.config.image_size if hasattr(self.model.config, "image_size") else 224
+        return _normalise(images, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@register_encoder("resnet50")
+class ResNetGrid(HFImageEncoder):
+    """ResNet-50 without pooling/classifier: the last stage's 7x7 grid (B, 49, 2048)."""
+
+    what = "ResNet-50"
+
+    def __init__(self, config: EncoderConfig) -> None:
+        from transformers import ResNetConfig, ResNetModel
+
+        self.model_class, self.config_class = ResNetModel, ResNetConfig
+        super().__init__(config)
+        self.feature_dim = self.model.config.hidden_sizes[-1]
+
+    def backbone(self, pixels: Tensor) -> Tensor:
+        grid = self.model(pixel_values=pixels).last_hidden_state  # (B, D, h, w)
+        return grid.flatten(2).transpose(1, 2)
+
+
+@register_encoder("clip")
+class CLIPGrid(HFImageEncoder):
+    """CLIP ViT patch tokens (class token dropped) after the final layer norm: (B, P, D)."""
+
+    what = "CLIP vision"
+
+    def __init__(self, config: EncoderConfig) -> None:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        self.model_class, self.config_class = CLIPVisionModel, CLIPVisionConfig
+        super().__init__(config)
+        self.feature_dim = self.model.config.hidden_size
+
+    def backbone(self, pixels: Tensor) -> Tensor:
+        hidden = self.model(pixel_values=pixels).last_hidden_state  # (B, 1 + P, D)
+        return self.model.vision_model.post_layernorm(hidden[:, 1:])

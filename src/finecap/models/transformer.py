@@ -1,0 +1,167 @@
+"""Transformer decoder (Vaswani et al. 2017) over image regions, with a KV cache.
+
+Pre-layer-norm blocks: causal self-attention, cross-attention to the projected regions, and a
+feed-forward layer. Cho et al. (2022) use 6 layers over CLIP grid features.
+
+Incremental decoding keeps, per layer, the self-attention keys/values of the words so far
+and the cross-attention keys/values of the regions (computed once per image), so a step
+costs O(t) instead of re-running the whole prefix (O(t^2)). `init_state(enc, cache=False)`
+gives the uncached variant, used to test that both agree and to measure the gain.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from finecap.models.decoder import (
+    Decoder,
+    DecoderConfig,
+    DecoderOutput,
+    State,
+    StepOutput,
+    register_decoder,
+)
+from finecap.models.encoders import EncoderOutput
+
+
+class Attention(nn.Module):
+    """Multi-head attention that also returns head-averaged weights (for attention maps)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, h, T, C/h)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.kv(x).chunk(2, -1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def forward(
+        self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, T, C) attends to k, v (B, h, S, C/h); bias broadcasts to scores (B, h, T, S)."""
+        q = self.split_heads(self.q(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, T, S)
+        if bias is not None:
+            scores = scores + bias
+        weights = scores.softmax(-1)
+        out = (weights @ v).transpose(1, 2).flatten(2)  # (B, T, C)
+        return self.proj(out), weights.mean(1)  # (B, T, C), (B, T, S)
+
+
+class Block(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        C = config.hidden_size
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(C), nn.LayerNorm(C), nn.LayerNorm(C)
+        self.self_attn = Attention(C, config.num_heads)
+        self.cross_attn = Attention(C, config.num_heads)
+        self.ffn = nn.Sequential(
+            nn.Linear(C, config.ffn_size), nn.GELU(), nn.Linear(config.ffn_size, C)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        self_kv: tuple[Tensor, Tensor],
+        self_bias: Tensor | None,
+        cross_kv: tuple[Tensor, Tensor],
+        cross_bias: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        x = x + self.dropout(self.self_attn(self.norm1(x), *self_kv, self_bias)[0])
+        attended, weights = self.cross_attn(self.norm2(x), *cross_kv, cross_bias)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.ffn(self.norm3(x)))
+        return x, weights
+
+
+@register_decoder("transformer")
+class TransformerDecoder(Decoder):
+    def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:
+        super().__init__(config, vocab_size, feature_dim)
+        C = config.hidden_size
+        self.embed = nn.Embedding(vocab_size, C)
+        self.position = nn.Embedding(config.max_len + 2, C)  # + <bos> and <eos>
+        self.memory = nn.Sequential(nn.Linear(feature_dim, C), nn.LayerNorm(C))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(C)
+        self.out = nn.Linear(C, vocab_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        return self.dropout(self.embed(tokens) + self.position(positions))  # (B, T, C)
+
+    @staticmethod
+    def _cross_bias(mask: Tensor | None) -> Tensor | None:
+        if mask is None:
+            return None
+        return torch.zeros(mask.shape, dtype=torch.float).masked_fill(~mask, float("-inf"))[
+            :, None, None
+        ]
+
+    def init_state(self, enc: EncoderOutput, cache: bool = True) -> State:
+        memory = self.memory(enc.regions)  # (B, R, C)
+        B = memory.shape[0]
+        state: State = {"length": torch.zeros(B, dtype=torch.long, device=memory.device)}
+        for i, block in enumerate(self.blocks):
+            state[f"mem_k{i}"], state[f"mem_v{i}"] = block.cross_attn.keys_values(memory)
+            if cache:
+                empty = memory.new_zeros(
+                    B, self.config.num_heads, 0, memory.shape[-1] // self.config.num_heads
+                )
+                state[f"k{i}"], state[f"v{i}"] = empty, empty
+        if not cache:
+            state["prefix"] = torch.zeros(B, 0, dtype=torch.long, device=memory.device)
+        bias = self._cross_bias(enc.mask)
+        if bias is not None:
+            state["cross_bias"] = bias
+        return state
+
+    def step(self, tokens: Tensor, state: State) -> StepOutput:
+        if "prefix" in state:
+            return self._step_uncached(tokens, state)
+        x = self._embed(tokens[:, None], int(state["length"][0]))  # (B, 1, C)
+        new_state = dict(state)
+        weights = x.new_zeros(0)
+        for i, block in enumerate(self.blocks):
+            # Extend the cache with this word's keys/values, then attend over all of it.
+            k, v = block.self_attn.keys_values(block.norm1(x))
+            new_state[f"k{i}"] = torch.cat([state[f"k{i}"], k], 2)  # (B, h, t+1, C/h)
+            new_state[f"v{i}"] = torch.cat([state[f"v{i}"], v], 2)
+            cross = (state[f"mem_k{i}"], state[f"mem_v{i}"])
+            self_kv = (new_state[f"k{i}"], new_state[f"v{i}"])
+            x, weights = block(x, self_kv, None, cross, state.get("cross_bias"))
+        new_state["length"] = state["length"] + 1
+        return StepOutput(self.out(self.norm(x))[:, 0], new_state, weights[:, 0])
+
+    def _step_uncached(self, tokens: Tensor, state: State) -> StepOutput:
+        prefix = torch.cat([state["prefix"], tokens[:, None]], 1)  # (B, t+1)
+        logits, weights = self._full(prefix, state)
+        return StepOutput(logits[:, -1], {**state, "prefix": prefix}, weights[:, -1])
+
+    def _full(self, tokens: Tensor, state: State) -> tuple[Tensor, Tensor]:
+        """Whole sequence, causal mask: (B, T) -> logits (B, T, V), cross weights (B, T, R)."""
+        x = self._embed(tokens, 0)
+        T = tokens.shape[1]
+        causal = torch.full((T, T), float("-inf"), device=x.device).triu(1)[None, None]
+        weights = x.new_zeros(0)
+        for i, block in enumerate(self.blocks):
+            kv = block.self_attn.keys_values(block.norm1(x))
+            cross = (state[f"mem_k{i}"], state[f"mem_v{i}"])
+            x, weights = block(x, kv, causal, cross, state.get("cross_bias"))
+        return self.out(self.norm(x)), weights
+
+    def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
+        logits, weights = self._full(tokens, self.init_state(enc, cache=False))
+        return DecoderOutput(logits, weights)
