@@ -11,7 +11,16 @@ import importlib
 import sys
 
 # Modules in finecap.commands, in the order `finecap --help` lists them.
-COMMAND_MODULES = ["caption", "scenes", "train", "evaluate", "pairwise", "clip", "grammar", "reproduce"]
+COMMAND_MODULES = [
+    "caption",
+    "scenes",
+    "train",
+    "evaluate",
+    "pairwise",
+    "clip",
+    "grammar",
+    "reproduce",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

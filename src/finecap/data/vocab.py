@@ -33,7 +33,9 @@ class Vocab:
     def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocab:
         counts = Counter(w for c in captions for w in simple_tokenize(c))
         # Sort by frequency, then alphabetically, so the same corpus always gives the same ids.
-        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
         return cls(words)
 
     def __len__(self) -> int:

@@ -1,0 +1,177 @@
+"""Writing a scenes dataset to disk: images, Karpathy-format JSON, FineCapEval CSV.
+
+Layout of `out_dir`:
+
+- `images/scene_000000.png` ... RGB PNGs of `image_size` pixels;
+- `dataset.json` in Karpathy split format (`filepath` = "images", so
+  `out_dir/filepath/filename` is the image), each entry also holding `"descriptions"`
+  (detailed alt-text) and `"scene"` (the ground truth, canonical words, pixel boxes);
+- `finecapeval.csv`, FineCapEval's format: 5 rows per image of the val and test splits.
+
+Splits: `n` is the total; by default 10 % val, 10 % test (rounded down), the rest train,
+in imgid order train, val, test. Test images come in groups of `group_size` that share the
+salient object's shape and colour and draw their background from the same two, while
+everything else varies; a generic caption ("a red ball on the grass") then fits several
+test images and only a detailed one picks out its image, which is what retrieval and
+distinctiveness metrics need.
+
+Determinism: each image draws from its own `random.Random(f"{seed}:image:{imgid}")`, each
+test group from `random.Random(f"{seed}:group:{g}")`, so the same seed gives the same bytes
+and changing `n` keeps earlier train images unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from finecap.data.vocab import simple_tokenize
+from finecap.scenes.language import (
+    FineCapEvalRow,
+    describe_scene,
+    finecapeval_rows,
+    reference_captions,
+)
+from finecap.scenes.render import render_scene
+from finecap.scenes.world import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SalientSpec,
+    allowed_colors,
+    sample_scene,
+)
+
+IMAGE_DIR = "images"
+DATASET_FILE = "dataset.json"
+FINECAPEVAL_FILE = "finecapeval.csv"
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """What to generate. `val`/`test` default to 10 % of `n` each."""
+
+    n: int = 1000
+    seed: int = 0
+    image_size: int = 96
+    val: int | None = None
+    test: int | None = None
+    group_size: int = 5  # test images sharing the salient shape + colour
+    finecapeval_splits: tuple[str, ...] = ("val", "test")
+
+    def split_sizes(self) -> dict[str, int]:
+        val = self.n // 10 if self.val is None else self.val
+        test = self.n // 10 if self.test is None else self.test
+        if self.n < 1 or val < 0 or test < 0 or val + test > self.n:
+            raise ValueError(f"bad split sizes: n={self.n}, val={val}, test={test}")
+        if self.image_size < 32 or self.group_size < 1:
+            raise ValueError("image_size must be >= 32 and group_size >= 1")
+        return {"train": self.n - val - test, "val": val, "test": test}
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    imgid: int
+    split: str
+    spec: SalientSpec | None  # set for test images: their group's constraints
+
+
+def group_spec(seed: int, group: int) -> SalientSpec:
+    """The shared salient shape + colour (and two backgrounds) of one test group."""
+    rnd = random.Random(f"{seed}:group:{group}")
+    shape, color = rnd.choice(SHAPES), rnd.choice(COLORS)
+    backgrounds = [b for b in BACKGROUNDS if color in allowed_colors(b)]
+    return SalientSpec(shape, color, tuple(rnd.sample(backgrounds, 2)))
+
+
+def plan_jobs(cfg: WorldConfig) -> list[ImageJob]:
+    jobs: list[ImageJob] = []
+    for split, count in cfg.split_sizes().items():
+        for k in range(count):
+            spec = group_spec(cfg.seed, k // cfg.group_size) if split == "test" else None
+            jobs.append(ImageJob(len(jobs), split, spec))
+    return jobs
+
+
+def _make_entry(
+    cfg: WorldConfig, job: ImageJob, out_dir: Path
+) -> tuple[dict[str, Any], list[FineCapEvalRow]]:
+    """Sample, render and save one image; return its JSON entry and FineCapEval rows."""
+    rnd = random.Random(f"{cfg.seed}:image:{job.imgid}")
+    scene = sample_scene(rnd, cfg.image_size, job.spec)
+    filename = f"scene_{job.imgid:06d}.png"
+    render_scene(scene, rnd.getrandbits(32)).save(out_dir / IMAGE_DIR / filename, format="PNG")
+    captions = reference_captions(scene, rnd)
+    first = job.imgid * len(captions)
+    sentences = [
+        {"tokens": simple_tokenize(c), "raw": c, "imgid": job.imgid, "sentid": first + k}
+        for k, c in enumerate(captions)
+    ]
+    entry = {
+        "filepath": IMAGE_DIR,
+        "filename": filename,
+        "imgid": job.imgid,
+        "split": job.split,
+        "sentids": [s["sentid"] for s in sentences],
+        "sentences": sentences,
+        "descriptions": describe_scene(scene),
+        "scene": scene.to_dict(),
+    }
+    rows = finecapeval_rows(scene, filename, rnd) if job.split in cfg.finecapeval_splits else []
+    return entry, rows
+
+
+def _write_csv(path: Path, rows: list[FineCapEvalRow]) -> None:
+    columns = [f.name for f in fields(FineCapEvalRow)]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+
+def write_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+    """Generate the dataset described by `cfg` into `out_dir`; return the dataset.json path."""
+    out = Path(out_dir)
+    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(cfg)
+    entries, fce_rows = [], []
+    for job in tqdm(jobs, desc="rendering scenes", unit="img", disable=not progress):
+        entry, rows = _make_entry(cfg, job, out)
+        entries.append(entry)
+        fce_rows.extend(rows)
+    info = {"generator": "finecap.scenes", "seed": cfg.seed, "image_size": cfg.image_size}
+    info |= {"group_size": cfg.group_size, "splits": cfg.split_sizes()}
+    dataset = {"dataset": "scenes", "info": info, "images": entries}
+    json_path = out / DATASET_FILE
+    json_path.write_text(json.dumps(dataset), encoding="utf-8")
+    _write_csv(out / FINECAPEVAL_FILE, fce_rows)
+    return json_path
+
+
+def generate_world(
+    out_dir: str | os.PathLike,
+    n: int,
+    seed: int = 0,
+    image_size: int = 96,
+    *,
+    val: int | None = None,
+    test: int | None = None,
+    group_size: int = 5,
+    progress: bool = False,
+) -> Path:
+    """Generate `n` scenes (train/val/test 80/10/10 unless val/test given) into `out_dir`.
+
+    Returns the path of `dataset.json`; images are under `out_dir/images`, the FineCapEval
+    annotations of the val and test splits in `out_dir/finecapeval.csv`.
+    """
+    cfg = WorldConfig(
+        n=n, seed=seed, image_size=image_size, val=val, test=test, group_size=group_size
+    )
+    return write_world(cfg, out_dir, progress=progress)

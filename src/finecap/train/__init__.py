@@ -1,0 +1,1 @@
+"""Training: configs, Lightning tasks (MLE, SCST) and the `train` entry point."""

@@ -1,0 +1,120 @@
+"""Lightning training tasks. A task owns the model, its loss and the batch layout.
+
+- `CaptionTask`: what every task shares — validation CIDEr-D of greedy/beam captions (used
+  to keep the best checkpoint), the optimiser and the warm-up + cosine schedule.
+- `MLETask`: teacher-forced cross-entropy (optional label smoothing) plus the decoder's own
+  regulariser (the doubly-stochastic attention penalty of Show, Attend and Tell).
+Self-critical training lives in `finecap.train.scst`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from finecap.data.vocab import Vocab
+from finecap.decoding import decode
+from finecap.models import CaptionModel
+from finecap.registry import Registry
+from finecap.train.config import TrainConfig, config_to_dict
+from finecap.train.data import CaptionBatch
+
+_TASKS: Registry[type] = Registry("training task")
+register_task = _TASKS.register
+list_tasks = _TASKS.names
+
+
+def create_task(
+    config: TrainConfig, vocab: Vocab, model: CaptionModel | None = None
+) -> CaptionTask:
+    return _TASKS.create(config.task, config, vocab, model)
+
+
+class CaptionTask(L.LightningModule):
+    def __init__(
+        self, config: TrainConfig, vocab: Vocab, model: CaptionModel | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        self.model = model if model is not None else CaptionModel(config.model, len(vocab))
+        # Plain dicts only, so Lightning checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": config_to_dict(config), "vocab": vocab.itos})
+        self._val_predictions: dict[int, str] = {}
+        self._val_references: dict[int, list[str]] = {}
+
+    def validation_step(self, batch: CaptionBatch, batch_index: int) -> None:
+        enc = self.model.encode(batch.pixels)
+        decoded = decode(self.model.decoder, enc, self.config.decoding)
+        n_best = self.config.decoding.n_best
+        for i, image_id in enumerate(batch.image_ids):
+            self._val_predictions[image_id] = self.vocab.decode(decoded.tokens[i * n_best].tolist())
+            self._val_references[image_id] = batch.references[i]
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_predictions:
+            from finecap.metrics.fast import corpus_cider_d
+
+            cider = corpus_cider_d(self._val_references, self._val_predictions)
+            self.log("val/CIDEr", cider, prog_bar=True)
+        self._val_predictions, self._val_references = {}, {}
+
+    def configure_optimizers(self):  # noqa: ANN201 (Lightning's union of return types)
+        optim = self.config.optim
+        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        other_params = [
+            p
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not n.startswith("encoder.")
+        ]
+        groups = [{"params": other_params, "lr": optim.lr}]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": optim.lr * optim.encoder_lr_scale})
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(optim.warmup_steps, total, optim.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def warmup_cosine(warmup: int, total: int, floor: float):  # noqa: ANN201
+    """Learning-rate multiplier: linear warm-up over `warmup` steps, then cosine to `floor`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def caption_cross_entropy(logits: Tensor, tokens: Tensor, label_smoothing: float) -> Tensor:
+    """Mean token cross-entropy: logits (N, T, V) predict tokens (N, T); <pad> is ignored."""
+    return F.cross_entropy(
+        logits.flatten(0, 1),
+        tokens.flatten(),
+        ignore_index=Vocab.pad_id,
+        label_smoothing=label_smoothing,
+    )
+
+
+@register_task("mle")
+class MLETask(CaptionTask):
+    def training_step(self, batch: CaptionBatch, batch_index: int) -> Tensor:
+        captions_per_image = batch.tokens.shape[0] // batch.pixels.shape[0]
+        enc = self.model.encode(batch.pixels).repeat_interleave(captions_per_image)
+        out = self.model.decoder(enc, batch.tokens[:, :-1])
+        loss = caption_cross_entropy(
+            out.logits, batch.tokens[:, 1:], self.config.optim.label_smoothing
+        )
+        self.log("train/xe", loss, prog_bar=True)
+        if out.aux_loss is not None:
+            self.log("train/aux", out.aux_loss)
+            loss = loss + out.aux_loss
+        return loss
