@@ -2,10 +2,10 @@
 export the best checkpoint as a `Captioner` folder.
 
 Output layout (`config.output_dir`):
-  checkpoints/last.ckpt, checkpoints/best.ckpt   Lightning checkpoints (resume / selection)
-  logs/                                          CSV or TensorBoard logs
-  model/                                         the best model: config.json, model.safetensors, vocab.json
-  config.yaml                                    the resolved recipe
+  checkpoints/{last,best}.ckpt  Lightning checkpoints (resume / selection)
+  logs/version_N/            CSV or TensorBoard logs, one folder per (resumed) run
+  model/                     the best model: config.json, model.safetensors, vocab.json
+  config.yaml                the resolved recipe
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _make_trainer(
         gradient_clip_val=config.optim.gradient_clip or None,
         check_val_every_n_epoch=config.trainer.val_every_n_epochs,
         callbacks=[checkpoint, TQDMProgressBar(refresh_rate=10)],
-        logger=LOGGERS[config.trainer.logger](out, name="logs", version=""),
+        logger=LOGGERS[config.trainer.logger](out, name="logs"),  # logs/version_N per run
+        log_every_n_steps=10,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=False,

@@ -57,9 +57,7 @@ class CaptionTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val_predictions:
-            from finecap.metrics.fast import corpus_cider_d
-
-            cider = corpus_cider_d(self._val_references, self._val_predictions)
+            cider = validation_cider(self._val_references, self._val_predictions)
             self.log("val/CIDEr", cider, prog_bar=True)
         self._val_predictions, self._val_references = {}, {}
 
@@ -80,6 +78,17 @@ class CaptionTask(L.LightningModule):
             optimizer, warmup_cosine(optim.warmup_steps, total, optim.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def validation_cider(references: dict[int, list[str]], predictions: dict[int, str]) -> float:
+    """Corpus CIDEr-D of the validation captions (document frequencies over these references)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from finecap.data.vocab import simple_tokenize
+
+    refs = {i: [" ".join(simple_tokenize(r)) for r in rs] for i, rs in references.items()}
+    preds = {i: [" ".join(simple_tokenize(predictions[i]))] for i in refs}
+    return float(Cider().compute_score(refs, preds)[0])
 
 
 def warmup_cosine(warmup: int, total: int, floor: float):  # noqa: ANN201
