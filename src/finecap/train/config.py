@@ -131,13 +131,31 @@ def set_dotted(data: dict, assignment: str) -> None:
     node[last] = yaml.safe_load(raw)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML recipe; relative dataset paths are taken relative to the current folder."""
+def read_recipe(path: str | os.PathLike) -> dict:
+    """The YAML of a recipe as a dict; `base: OTHER.yaml` (beside it) is read first and
+    overridden section by section, so variants of a recipe state only what differs."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read config ({err})") from err
+    base = data.pop("base", None)
+    return _merge(read_recipe(path.parent / base), data) if base else data
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe; relative dataset paths are taken relative to the current folder."""
+    data = read_recipe(path)
     for assignment in overrides:
         set_dotted(data, assignment)
     return build_dataclass(TrainConfig, data, str(path))

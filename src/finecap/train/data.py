@@ -29,6 +29,7 @@ class CaptionBatch:
     tokens: Tensor  # (B*C, T): <bos> words <eos> <pad>...
     image_ids: list[int]  # (B,)
     references: list[list[str]]  # (B,) raw reference captions of each image
+    images: list[Image.Image]  # (B,) the RGB images (CLIP rewards embed them once, by id)
 
 
 def encode_captions(vocab: Vocab, captions: list[str], max_len: int) -> Tensor:
@@ -86,6 +87,7 @@ def make_collate(
             encode_captions(vocab, captions, config.max_len),
             [record.image_id for _, record in items],
             [record.captions for _, record in items],
+            [image for image, _ in items],
         )
 
     return collate

@@ -31,6 +31,8 @@ list_tasks = _TASKS.names
 def create_task(
     config: TrainConfig, vocab: Vocab, model: CaptionModel | None = None
 ) -> CaptionTask:
+    from finecap.train import scst  # noqa: F401  (registers the "scst" task)
+
     return _TASKS.create(config.task, config, vocab, model)
 
 
@@ -42,6 +44,7 @@ class CaptionTask(L.LightningModule):
         self.config = config
         self.vocab = vocab
         self.model = model if model is not None else CaptionModel(config.model, len(vocab))
+        self.model.train()  # a loaded Captioner comes in eval mode
         # Plain dicts only, so Lightning checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({"config": config_to_dict(config), "vocab": vocab.itos})
         self._val_predictions: dict[int, str] = {}
