@@ -85,8 +85,8 @@ def test_short_scst_run_raises_the_mean_reward(tmp_path: Path, baseline: str) ->
         "model.decoder.attention_size=16", "data.batch_size=8", "data.val_images=4",
         "optim.warmup_steps=1", "trainer.threads=1",
     ]  # fmt: skip
-    mle = train(load_config(CONFIGS / "scenes_lstm.yaml", [*tiny, "optim.max_epochs=3",
-                                                           f"output_dir={tmp_path / 'mle'}"]))  # fmt: skip
+    mle_overrides = [*tiny, "optim.max_epochs=3", f"output_dir={tmp_path / 'mle'}"]
+    mle = train(load_config(CONFIGS / "scenes_lstm.yaml", mle_overrides))
     scst = load_config(
         CONFIGS / "scst_scenes_cider.yaml",
         # No validation images: the last model is exported, not the best-CIDEr one.
