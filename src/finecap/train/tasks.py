@@ -84,14 +84,10 @@ class CaptionTask(L.LightningModule):
 
 
 def validation_cider(references: dict[int, list[str]], predictions: dict[int, str]) -> float:
-    """Corpus CIDEr-D of the validation captions (document frequencies over these references)."""
-    from pycocoevalcap.cider.cider import Cider
+    """Corpus CIDEr-D of the validation captions, as pycocoevalcap computes it (fast tier)."""
+    from finecap.metrics.fast import fast_scores
 
-    from finecap.data.vocab import simple_tokenize
-
-    refs = {i: [" ".join(simple_tokenize(r)) for r in rs] for i, rs in references.items()}
-    preds = {i: [" ".join(simple_tokenize(predictions[i]))] for i in refs}
-    return float(Cider().compute_score(refs, preds)[0])
+    return float(fast_scores(references, predictions, ["CIDEr"]).scores["CIDEr"])
 
 
 def warmup_cosine(warmup: int, total: int, floor: float):  # noqa: ANN201
