@@ -46,7 +46,9 @@ def main() -> int:
         "BLEU-4": scores["BLEU-4"],
         "ROUGE-L": scores["ROUGE-L"],
         "salient_shape_and_colour": sum(named) / len(named),
-        "examples": [{"image": r.path, "caption": c} for r, c in list(zip(records, captions))[:5]],
+        "examples": [
+            {"image": r.path, "caption": c} for r, c in zip(records[:5], captions[:5], strict=True)
+        ],
     }
     print(json.dumps(result, indent=2))
     return 0

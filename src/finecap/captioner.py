@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from finecap.data.vocab import Vocab
+from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import Decoded, DecodingConfig, decode
 from finecap.models import CaptionModel, ModelConfig
 from finecap.models.encoders import HFImageEncoder
@@ -109,6 +109,9 @@ class Captioner:
     ) -> list[Caption]:
         """Caption RGB PIL images (open files with `finecap.data.images.load_image`)."""
         decoding = decoding or DecodingConfig(beam_size=beam_size)
+        if decoding.max_len > self.config.decoder.max_len:
+            # The model never saw longer captions (and the transformer has no positions for them).
+            decoding = replace(decoding, max_len=self.config.decoder.max_len)
         self.model.eval()
         results: list[Caption] = []
         for start in range(0, len(images), batch_size):
@@ -129,6 +132,12 @@ class Captioner:
             words = text.split()
             attention = None
             if decoded.attention is not None:
-                attention = decoded.attention[i, : len(words) + 1].float().cpu()
+                # The steps that wrote the caption's words, then its <eos>; decode() drops
+                # specials (<unk>, a stray <pad>), so word k is not always step k.
+                end = ids.index(Vocab.eos_id) + 1 if Vocab.eos_id in ids else len(ids)
+                steps = [
+                    t for t, w in enumerate(ids[:end]) if w >= len(SPECIALS) or w == Vocab.eos_id
+                ]
+                attention = decoded.attention[i, steps].float().cpu()
             out.append(Caption(text, words, float(decoded.scores[i]), attention, grid))
         return out

@@ -1,8 +1,9 @@
 """Greedy, beam and sampling decoding, written once against the decoder contract.
 
 Every function takes a `Decoder` (see `finecap.models.decoder`) and an `EncoderOutput` and
-returns `Decoded`: the word ids after <bos>, each caption ending with its first <eos> (if it
-produced one within `max_len + 1` steps) and padded with <pad> after it.
+returns `Decoded`: the word ids after <bos>, each caption ending with its first <eos> and padded
+with <pad> after it. A caption still going after `max_len` words gets <eos> forced as its
+`max_len + 1`-th token (as fairseq does), so no caption is longer than `max_len` words.
 
 Beam search is batched across images: the B*K beams of all images advance together, which
 is what makes it fast on a CPU (REFERENCE.md §5: batching is worth ~10x).
@@ -80,11 +81,14 @@ def _left_to_right(
     words = torch.full((N,), BOS, dtype=torch.long, device=enc.pooled.device)
     done = torch.zeros(N, dtype=torch.bool, device=words.device)
     tokens, logprobs, attention = [], [], []
-    for _ in range(max_len + 1):
+    for t in range(max_len + 1):
         out = decoder.step(words, state)
         state = out.state
         logp = F.log_softmax(out.logits.float(), -1)  # (N, V)
-        words = choose(out.logits).masked_fill(done, PAD)
+        words = choose(out.logits)
+        if t == max_len:  # max_len words written: every unfinished caption ends here
+            words = torch.full_like(words, EOS)
+        words = words.masked_fill(done, PAD)
         tokens.append(words)
         logprobs.append(logp.gather(1, words[:, None])[:, 0].masked_fill(done, 0.0))
         if keep_attention:
@@ -173,6 +177,10 @@ def beam_search(
     B, K = enc.pooled.shape[0], config.beam_size
     device = enc.pooled.device
     state = decoder.init_state(enc.repeat_interleave(K))
+    # Entries no step has replaced yet (regions, cross-attention keys/values) are still what
+    # init_state made from the repeated image, identical across each image's beams; picking
+    # beams within an image leaves them unchanged, so they skip the (costly) reordering.
+    constant = set(state)
     words = torch.full((B * K,), BOS, dtype=torch.long, device=device)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first top-k has no duplicates
@@ -182,12 +190,17 @@ def beam_search(
     word_logp = torch.zeros(B * K, 0, device=device)
     attention = None
     offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
-    for _ in range(config.max_len + 1):
+    for t in range(config.max_len + 1):
         out = decoder.step(words, state)
+        constant = {key for key in constant if out.state.get(key) is state[key]}
         logp = F.log_softmax(out.logits.float(), -1)  # (B*K, V)
         V = logp.shape[-1]
         if config.block_trigrams:
             logp = _block_repeated_trigrams(history, logp)
+        if t == config.max_len:  # max_len words written: unfinished beams must end here
+            eos_only = torch.full_like(logp, float("-inf"))
+            eos_only[:, EOS] = logp[:, EOS]
+            logp = eos_only
         # A finished beam can only continue with <pad>, at no cost, so it keeps its score.
         pad_only = torch.full_like(logp, float("-inf"))
         pad_only[:, PAD] = 0.0
@@ -201,7 +214,8 @@ def beam_search(
         lengths = new_lengths.gather(1, beam)
         finished = finished.gather(1, beam) | (word == EOS)
         rows = (beam + offsets).view(-1)  # (B*K,) which old beam each new beam extends
-        state = reorder_state(out.state, rows)
+        moving = reorder_state({k: v for k, v in out.state.items() if k not in constant}, rows)
+        state = {**out.state, **moving}
         words = word.view(-1)
         history = torch.cat([history[rows], words[:, None]], 1)
         word_logp = torch.cat(

@@ -120,7 +120,8 @@ def _normalise(images: list[Image.Image], size: int, mean: tuple, std: tuple) ->
         np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32)
         for img in images
     ]
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+    # contiguous: a channels-last view here makes torch 2.13's CPU conv backward segfault.
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() / 255.0
     return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
@@ -244,4 +245,6 @@ class CLIPGrid(HFImageEncoder):
 
     def backbone(self, pixels: Tensor) -> Tensor:
         hidden = self.model(pixel_values=pixels).last_hidden_state  # (B, 1 + P, D)
-        return self.model.vision_model.post_layernorm(hidden[:, 1:])
+        # transformers 4 wraps the layers in `.vision_model`; transformers 5 does not.
+        vision = getattr(self.model, "vision_model", self.model)
+        return vision.post_layernorm(hidden[:, 1:])

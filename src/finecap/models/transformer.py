@@ -99,6 +99,11 @@ class TransformerDecoder(Decoder):
         self.dropout = nn.Dropout(config.dropout)
 
     def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        if start + tokens.shape[1] > self.position.num_embeddings:
+            raise ValueError(
+                f"caption longer than the decoder's max_len ({self.config.max_len} words): "
+                "decode with max_len <= the model's max_len"
+            )
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         return self.dropout(self.embed(tokens) + self.position(positions))  # (B, T, C)
 
@@ -106,7 +111,7 @@ class TransformerDecoder(Decoder):
     def _cross_bias(mask: Tensor | None) -> Tensor | None:
         if mask is None:
             return None
-        return torch.zeros(mask.shape, dtype=torch.float).masked_fill(~mask, float("-inf"))[
+        return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))[
             :, None, None
         ]
 
