@@ -1,0 +1,1 @@
+"""Shared builders for tests (tiny random models, small corpora)."""
