@@ -1,0 +1,160 @@
+"""Benchmark the evaluation suite: every metric group on N test images x 5 references.
+
+    python bench/bench_eval.py [--n 5000] [--clip DIR] [--out bench/results/eval.md]
+
+Data: a scenes world with N test images (+ --train images, so `Novel` has training
+references) and its FineCapEval CSV. The system's caption for an image is a reference of
+the next image in its test group (same salient shape and colour, different details), so
+scores are realistic rather than perfect. CLIP: --clip, else a tiny random CLIP (projection
+16, 30-px images): its timings cover loading, preprocessing and batching but understate a
+real ViT-B/32. Group times include loading the models that group is first to need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny-CLIP builder lives with the test helpers
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln),
+            platform.processor(),
+        )
+    except (OSError, subprocess.CalledProcessError):
+        model = platform.processor() or "unknown CPU"
+    load = f", load average {os.getloadavg()[0]:.1f} at start"
+    return f"{model}, nproc {os.cpu_count()}{load}, Python {platform.python_version()}"
+
+
+def build_data(work: Path, n: int, train: int, image_size: int):
+    from finecap.data.formats import load_corpus
+    from finecap.metrics.finecapeval import load_finecapeval
+    from finecap.metrics.suite import EvalData, System
+    from finecap.scenes import generate_world
+
+    started = time.perf_counter()
+    dataset = generate_world(work, n=n + train, val=0, test=n, image_size=image_size)
+    gen_s = time.perf_counter() - started
+    corpus = load_corpus(dataset)
+    test = corpus.split("test")
+    data = EvalData(
+        image_ids=[r.image_id for r in test],
+        references=[r.captions[:5] for r in test],
+        file_names=[r.path for r in test],
+        image_paths=[corpus.image_path(r) for r in test],
+        train_captions=[c for r in corpus.split("train") for c in r.captions],
+        finecapeval=load_finecapeval(work / "finecapeval.csv"),
+    )
+    # Neighbouring test images share the salient object: a plausible but imperfect caption.
+    captions = [test[(i + 1) % len(test)].captions[0] for i in range(len(test))]
+    return data, System("neighbour", captions), gen_s
+
+
+def cider_row(data, system) -> str:
+    """Our fast CIDEr-D (finecap.metrics.cider) vs pycocoevalcap's Cider on the same tokens."""
+    import numpy as np
+    from pycocoevalcap.cider.cider import Cider
+
+    from finecap.metrics.cider import cider_d
+    from finecap.metrics.tokenizer import tokenize_captions
+
+    gts = tokenize_captions(dict(enumerate(data.references)))
+    res = {
+        i: c[0]
+        for i, c in tokenize_captions({i: [c] for i, c in enumerate(system.captions)}).items()
+    }
+    started = time.perf_counter()
+    _, base = Cider().compute_score(gts, {i: [c] for i, c in res.items()})
+    base_s = time.perf_counter() - started
+    started = time.perf_counter()
+    _, ours = cider_d(gts, res)
+    ours_s = time.perf_counter() - started
+    diff = float(np.abs(np.asarray(base) - ours).max())
+    return (
+        f"CIDEr-D on the same PTB tokens: pycocoevalcap {base_s:.2f}s, finecap fast tier "
+        f"{ours_s:.2f}s (**{base_s / ours_s:.1f}x**), largest per-image difference {diff:.1e} "
+        "(details: bench/bench_cider.py, bench/results/cider.md)."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=5000, help="test images (default 5000)")
+    p.add_argument("--train", type=int, default=500, help="train images, for Novel")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--clip", default=None, help="CLIP folder or name (default: tiny random)")
+    p.add_argument("--metrics", default=None, help="comma-separated groups (default: all)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "eval.md"))
+    args = p.parse_args(argv)
+
+    from finecap.io import atomic_write_text
+    from finecap.metrics.suite import SuiteConfig, list_metrics, run_suite
+
+    host = machine()  # before the run: the load average is the other jobs', not ours
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data, system, gen_s = build_data(work / "world", args.n, args.train, args.image_size)
+        if args.clip is None:
+            from helpers.tiny_models import make_tiny_clip
+
+            clip, clip_name = str(make_tiny_clip(work)), "tiny random CLIP (tests/helpers)"
+        else:
+            clip, clip_name = args.clip, args.clip
+        groups = args.metrics.split(",") if args.metrics else [g.name for g in list_metrics()]
+        config = SuiteConfig(clip=clip)
+        rows, unavailable = [], {}
+        for group in groups:  # one run per group: each group's time includes its model loading
+            started = time.perf_counter()
+            result = run_suite([system], data, config, metrics=[group])
+            seconds = time.perf_counter() - started
+            scores = result.systems[system.name]
+            unavailable.update(result.unavailable)
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in list(scores.items())[:4])
+            rows.append((group, seconds, shown or "unavailable"))
+            print(f"{group:12s} {seconds:8.1f}s  {shown}", flush=True)
+
+        cider = cider_row(data, system)
+        print(cider)
+
+    total = sum(s for _, s, _ in rows)
+    lines = [
+        "# Evaluation suite benchmark",
+        "",
+        f"Command: `{' '.join(['python bench/bench_eval.py', *(argv or sys.argv[1:])])}`",
+        "",
+        f"Machine: {host} (shared with other jobs while measured).",
+        "",
+        f"Data: scenes world, {args.n} test images x 5 references ({args.image_size} px), "
+        f"{args.train} train images (for Novel); one system (a neighbour image's reference). "
+        f"World generation took {gen_s:.1f}s (not counted). CLIP: {clip_name}. "
+        "Each group ran on its own, so its time includes loading what it needs.",
+        "",
+        "| metric group | seconds | per image (ms) | sample values |",
+        "|---|---:|---:|---|",
+        *[f"| {g} | {s:.1f} | {1000 * s / args.n:.2f} | {v} |" for g, s, v in rows],
+        f"| **total** | **{total:.1f}** | {1000 * total / args.n:.2f} | |",
+    ]
+    lines += ["", cider]
+    if unavailable:
+        lines += ["", "Unavailable here:", *[f"- {m}: {r}" for m, r in unavailable.items()]]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    print(json.dumps({g: round(s, 2) for g, s, _ in rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""The grammar head of Cho et al. 2022 (Fine-grained Image Captioning with CLIP Reward, §3.2).
+
+A CLIP-S reward alone teaches a captioner to pile up words CLIP likes ("a red red circle
+circle blue ..."). Cho et al. fine-tune CLIP's text encoder with a small head that tells
+fluent captions from corrupted ones, and add its probability g(c) to the reward.
+
+- Negatives: a training caption corrupted by ONE operation drawn uniformly from `NEGATIVES`:
+  repeat an n-gram (n in 1..3) 1-3 times right after itself, remove an n-gram (n in 1..3),
+  insert 1-3 random vocabulary words, replace ("swap") 1-3 words by other vocabulary words,
+  or shuffle all words (redrawn until the order differs).
+- Head: Linear(d, d) -> ReLU -> Linear(d, 2), no biases, on the text encoder's pooled output
+  (before the projection); g(c) = softmax(head)[1].
+- Loss: CLIP contrastive (text tower vs the frozen image tower) + cross-entropy of the head,
+  1:1. The vision tower and its projection stay frozen, so the fine-tuned text encoder still
+  lives in the original CLIP's embedding space. AdamW lr 1e-4, weight decay 0.01.
+
+Text is normalised to lower-case words without punctuation (`simple_tokenize`) before the
+head sees it, for positives, negatives and at scoring time alike: otherwise "has a final
+period" would separate references from corrupted copies.
+
+Saved as one folder: the fine-tuned CLIP (Hugging Face format, loadable by `load_clip`),
+`grammar_head.safetensors` and `grammar_config.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from finecap.clip.train import (
+    CLIP_PROMPT,
+    EpochSummary,
+    RecordPixels,
+    clip_loss,
+    cosine_schedule,
+    descriptions_of,
+    encode_pixels,
+)
+from finecap.data.formats import ImageRecord, load_corpus
+from finecap.data.vocab import simple_tokenize
+from finecap.io import atomic_write_text
+
+HEAD_FILE, CONFIG_FILE = "grammar_head.safetensors", "grammar_config.json"
+
+# --------------------------------------------------------------------------- negatives
+# Each operation maps (words, vocabulary, rng) to new words, or None when it cannot apply
+# (e.g. removing from a one-word caption).
+
+Words = list[str]
+
+
+def repeat_ngram(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
+    """Copy an n-gram (n in 1..3) 1-3 times right after itself: "a b c" -> "a b c b c"."""
+    n = rng.randint(1, min(3, len(words)))
+    i = rng.randrange(len(words) - n + 1)
+    gram = words[i : i + n]
+    return words[: i + n] + gram * rng.randint(1, 3) + words[i + n :]
+
+
+def remove_ngram(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
+    """Drop n consecutive words (n in 1..3), leaving at least one word."""
+    if len(words) < 2:
+        return None
+    n = rng.randint(1, min(3, len(words) - 1))
+    i = rng.randrange(len(words) - n + 1)
+    return words[:i] + words[i + n :]
+
+
+def insert_words(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
+    """Insert 1-3 random vocabulary words at random positions."""
+    out = list(words)
+    for _ in range(rng.randint(1, 3)):
+        out.insert(rng.randint(0, len(out)), rng.choice(vocab))
+    return out
+
+
+def swap_words(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
+    """Replace 1-3 distinct positions by a different random vocabulary word each."""
+    out = list(words)
+    for i in rng.sample(range(len(words)), rng.randint(1, min(3, len(words)))):
+        other = _other_word(vocab, words[i], rng)
+        if other is None:
+            return None
+        out[i] = other
+    return out
+
+
+def _other_word(vocab: Sequence[str], word: str, rng: random.Random) -> str | None:
+    for _ in range(20):  # rejection sampling: cheap for any real vocabulary
+        w = rng.choice(vocab)
+        if w != word:
+            return w
+    others = [w for w in vocab if w != word]
+    return rng.choice(others) if others else None
+
+
+def shuffle_words(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
+    """A random permutation of all words that differs from the original order."""
+    if len(set(words)) < 2:
+        return None  # every order reads the same
+    out = list(words)
+    while out == words:
+        rng.shuffle(out)
+    return out
+
+
+NEGATIVES: dict[str, Callable[[Words, Sequence[str], random.Random], Words | None]] = {
+    "repeat": repeat_ngram,
+    "remove": remove_ngram,
+    "insert": insert_words,
+    "swap": swap_words,
+    "shuffle": shuffle_words,
+}
+
+
+def normalize_caption(text: str) -> str:
+    return " ".join(simple_tokenize(text))
+
+
+def make_negative(
+    text: str, vocab: Sequence[str], rng: random.Random, kind: str | None = None
+) -> tuple[str, str]:
+    """(negative, kind): `text` corrupted by one operation, uniform over NEGATIVES unless `kind`.
+
+    An operation that cannot apply to this caption is redrawn (a different kind when `kind` is
+    None); the result always differs from the normalised original.
+    """
+    words = simple_tokenize(text)
+    if not words:
+        raise ValueError("cannot corrupt an empty caption")
+    kinds = [kind] if kind else list(NEGATIVES)
+    for _ in range(50):
+        k = rng.choice(kinds)
+        out = NEGATIVES[k](words, vocab, rng)
+        if out is not None and out != words:
+            return " ".join(out), k
+    raise ValueError(f"no negative of kind {kinds} exists for {text!r}")
+
+
+# --------------------------------------------------------------------------- model
+
+
+class GrammarHead(nn.Module):
+    """(N, d) pooled text features -> (N, 2) logits [corrupted, fluent]; no biases (Cho et al.)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, 2, bias=False)
+        )
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled)
+
+
+@dataclass
+class GrammarConfig:
+    """Saved as grammar_config.json beside the head."""
+
+    prompt: str = CLIP_PROMPT  # prepended to every caption before the text encoder (Cho et al.)
+    hidden_size: int = 0  # text encoder width d (filled from the CLIP)
+    clip_source: str = ""  # the CLIP the head was trained from
+
+
+class GrammarModel(nn.Module):
+    """A CLIP whose text encoder carries the grammar head. `score(texts)` gives g(c) in [0, 1]."""
+
+    def __init__(self, bundle, head: GrammarHead, config: GrammarConfig) -> None:
+        super().__init__()
+        self.bundle = bundle  # finecap.clip.embed.ClipBundle: model, tokenizer, image processor
+        self.clip = bundle.model
+        self.head = head
+        self.config = config
+
+    def pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, d) pooled text features of normalised, prompted captions."""
+        prompted = [self.config.prompt + normalize_caption(t) for t in texts]
+        tok = self.bundle.tokenizer(prompted, padding=True, truncation=True, return_tensors="pt")
+        return self.clip.text_model(**tok.to(self.clip.logit_scale.device)).pooler_output
+
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.head(self.pooled(texts))
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """g(c) = P(fluent) for each text, (N,) float32 on CPU."""
+        was_training = self.training
+        self.eval()
+        out = [
+            self.logits(texts[i : i + batch_size]).softmax(-1)[:, 1].float().cpu()
+            for i in range(0, len(texts), batch_size)
+        ]
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.clip.save_pretrained(out)
+        self.bundle.tokenizer.save_pretrained(out)
+        self.bundle.image_processor.save_pretrained(out)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, out / HEAD_FILE)
+        atomic_write_text(out / CONFIG_FILE, json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> GrammarModel:
+        from finecap.clip.embed import load_clip
+
+        path = Path(path)
+        if not (path / HEAD_FILE).is_file() or not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path}: not a grammar model folder (needs {HEAD_FILE} and {CONFIG_FILE})"
+            )
+        config = GrammarConfig(**json.loads((path / CONFIG_FILE).read_text()))
+        head = GrammarHead(config.hidden_size)
+        head.load_state_dict(load_file(path / HEAD_FILE))
+        model = cls(load_clip(str(path)), head, config)
+        return model.eval()
+
+
+def freeze_vision(clip: nn.Module) -> None:
+    """Freeze the image tower, its projection and the temperature (Cho et al.: vision frozen)."""
+    for module in (clip.vision_model, clip.visual_projection):
+        module.requires_grad_(False)
+    clip.logit_scale.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class GrammarTrainConfig:
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-4  # Cho et al.'s AdamW settings
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    description_prob: float = 0.3  # positives: a description (long, fluent) or a reference
+    seed: int = 0
+    eval_split: str = "test"
+    prompt: str = CLIP_PROMPT
+    kinds: list[str] = field(default_factory=lambda: list(NEGATIVES))
+    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
+
+
+class CaptionNegatives(Dataset):
+    """Per image and epoch: (image index, fluent caption, negative caption)."""
+
+    def __init__(self, records: list[ImageRecord], vocab: list[str], cfg: GrammarTrainConfig):
+        self.records, self.vocab, self.cfg = records, vocab, cfg
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[int, str, str]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
+        record = self.records[i]
+        descriptions = descriptions_of(record)
+        refs = [c for c in record.captions if simple_tokenize(c)]
+        use_description = descriptions and (not refs or rng.random() < self.cfg.description_prob)
+        positive = normalize_caption(rng.choice(descriptions if use_description else refs))
+        kind = rng.choice(self.cfg.kinds)
+        negative, _ = make_negative(positive, self.vocab, rng, kind=kind)
+        return i, positive, negative
+
+
+class GrammarTask(L.LightningModule):
+    """Loss = CLIP contrastive (prompted positives vs cached image features) + grammar CE, 1:1."""
+
+    def __init__(self, model: GrammarModel, image_features: torch.Tensor, cfg: GrammarTrainConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.register_buffer("image_features", image_features)  # (N, P), frozen tower output
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        index, positives, negatives = batch
+        clip = self.model.clip
+        pooled = self.model.pooled(list(positives) + list(negatives))  # (2B, d)
+        b = len(positives)
+        txt = F.normalize(clip.text_projection(pooled[:b]), dim=-1)  # (B, P)
+        contrastive = clip_loss(self.image_features[index], txt, clip.logit_scale)
+        labels = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(pooled.device)
+        logits = self.model.head(pooled)  # (2B, 2)
+        grammar = F.cross_entropy(logits, labels)
+        self.log_dict(
+            {
+                "clip": contrastive,
+                "grammar": grammar,
+                "acc": (logits.argmax(-1) == labels).float().mean(),
+            },
+            prog_bar=True,
+            on_epoch=True,
+        )
+        return contrastive + grammar
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = cosine_schedule(opt, self.trainer.estimated_stepping_batches, self.cfg.warmup_frac)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def caption_vocabulary(records: list[ImageRecord]) -> list[str]:
+    """Sorted word list of the training references and descriptions (the random-word pool)."""
+    words = {
+        w for r in records for t in [*r.captions, *descriptions_of(r)] for w in simple_tokenize(t)
+    }
+    return sorted(words)
+
+
+@torch.no_grad()
+def grammar_eval(
+    model: GrammarModel, records: list[ImageRecord], vocab: list[str], seed: int = 0
+) -> dict[str, float]:
+    """Held-out accuracy: fluent references, fluent descriptions, each negative kind, overall.
+
+    Per image: its first reference and first description (fluent), and one negative of each
+    kind made from the first reference. `overall` weighs fluent and corrupted captions 1:1
+    (mean of the fluent accuracy and the mean over negative kinds), the balance of training.
+    """
+    rng = random.Random(seed)
+    sets: dict[str, list[str]] = {"fluent_reference": [], "fluent_description": []}
+    sets.update({k: [] for k in NEGATIVES})
+    for r in records:
+        refs = [c for c in r.captions if simple_tokenize(c)]
+        if refs:
+            sets["fluent_reference"].append(refs[0])
+            for kind in NEGATIVES:
+                with contextlib.suppress(ValueError):  # e.g. shuffling a one-word caption
+                    sets[kind].append(make_negative(refs[0], vocab, rng, kind=kind)[0])
+        sets["fluent_description"] += descriptions_of(r)[:1]
+    acc = {}
+    for name, texts in sets.items():
+        if texts:
+            g = model.score(texts)
+            fluent = name.startswith("fluent")
+            acc[name] = float(((g > 0.5) == fluent).float().mean())
+    fluent_acc = [acc[k] for k in ("fluent_reference", "fluent_description") if k in acc]
+    negative_acc = [acc[k] for k in NEGATIVES if k in acc]
+    acc["negatives"] = sum(negative_acc) / len(negative_acc)
+    acc["overall"] = (sum(fluent_acc) / len(fluent_acc) + acc["negatives"]) / 2
+    return acc
+
+
+def train_grammar(
+    clip_path: str | Path,
+    dataset: str | Path,
+    out_dir: str | Path,
+    cfg: GrammarTrainConfig | None = None,
+) -> dict:
+    """Fine-tune `clip_path`'s text encoder with a grammar head; save to `out_dir`.
+
+    Returns the evaluation also written to `out_dir/grammar_eval.json`.
+    """
+    from finecap.clip.embed import load_clip
+
+    cfg = cfg or GrammarTrainConfig()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(cfg.seed, verbose=False)
+    corpus = load_corpus(dataset)
+    train_records = [
+        r for r in corpus.split("train") if any(simple_tokenize(c) for c in r.captions)
+    ]
+    eval_records = corpus.split(cfg.eval_split)
+    vocab = caption_vocabulary(train_records)
+
+    bundle = load_clip(str(clip_path))
+    clip = bundle.model
+    freeze_vision(clip)
+    config = GrammarConfig(cfg.prompt, clip.config.text_config.hidden_size, str(clip_path))
+    model = GrammarModel(bundle, GrammarHead(config.hidden_size), config)
+
+    started = time.perf_counter()
+    with torch.no_grad():  # the image tower is frozen: its features are computed once
+        clip.eval()
+        pixels = RecordPixels(corpus, train_records, bundle.image_processor, cache_limit_bytes=0)
+        feats = torch.cat([encode_pixels(clip, p) for p in pixels.batches()])  # (N, P)
+    prep_s = time.perf_counter() - started
+
+    data = CaptionNegatives(train_records, vocab, cfg)
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(data) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        callbacks=[EpochSummary()],
+    )
+    model.train()  # CLIP has no dropout; this only keeps Lightning from warning
+    started, cpu_started = time.perf_counter(), time.process_time()
+    trainer.fit(GrammarTask(model, feats, cfg), loader)
+    train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+
+    model = model.cpu().eval()
+    model.save_pretrained(out_dir)
+    result = {
+        "clip": str(clip_path),
+        "dataset": str(dataset),
+        "eval_split": cfg.eval_split,
+        "n_train": len(train_records),
+        "n_eval": len(eval_records),
+        "accuracy": grammar_eval(model, eval_records, vocab, seed=cfg.seed),
+        "preprocess_seconds": round(prep_s, 1),
+        "train_seconds": round(train_s, 1),
+        "train_cpu_seconds": round(train_cpu_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "train": asdict(cfg),
+    }
+    atomic_write_text(Path(out_dir) / "grammar_eval.json", json.dumps(result, indent=2) + "\n")
+    return result

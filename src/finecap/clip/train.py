@@ -1,0 +1,481 @@
+"""Train a small CLIP on a captioning dataset, saved in Hugging Face CLIP format.
+
+CLIP (Radford et al. 2021): an image tower and a text tower, each followed by a linear
+projection into a shared space, trained with the symmetric InfoNCE loss at a learned
+temperature. On the scenes world we train one from scratch (a ViT sized for 96-px images and
+a 4-layer text transformer) on the world's detailed descriptions and reference captions; on a
+real dataset `init` fine-tunes a pretrained Hugging Face CLIP instead.
+
+The result is an ordinary `CLIPModel` + `CLIPTokenizer` + `CLIPImageProcessor` folder, so the
+evaluation suite, the rewards and the grammar head load it through `finecap.clip.embed.load_clip`
+exactly like `openai/clip-vit-base-patch32`. The tokenizer is a byte-level BPE in CLIP's own
+format (vocab.json + merges.txt, `</w>` word ends, all 256 bytes in the vocabulary), learned on
+the dataset's text: any word, seen or not, tokenizes without an unknown token.
+
+Why descriptions: the scenes world's reference captions are generic ("a red circle and other
+shapes"); its descriptions name every object, attribute and relation. A CLIP trained mostly on
+descriptions retrieves an image far better from a detailed text than from a generic one, which
+is the gap CLIP-guided RL exploits. `clip_eval.json` measures it on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import pre_tokenizers
+from torch.utils.data import DataLoader, Dataset
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
+from finecap.data.images import load_image
+from finecap.io import atomic_write_text
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+CLIP_PROMPT = "A photo depicts "  # Hessel et al.'s CLIP-S prompt; see ClipTrainConfig.prompt_prob
+
+
+@dataclass
+class ScenesClipConfig:
+    """Architecture of a CLIP trained from scratch (Hugging Face `CLIPConfig` fields)."""
+
+    image_size: int = 96
+    patch_size: int = 12  # 96 / 12 = 8 x 8 patches + [CLS]
+    vision_hidden: int = 192
+    vision_layers: int = 4
+    text_hidden: int = 192
+    text_layers: int = 4
+    heads: int = 4
+    projection_dim: int = 128
+    max_text_length: int = 77  # CLIP's context length; longer texts are truncated (EOS kept)
+    bpe_vocab_size: int = 2000  # upper bound; a small world's text needs fewer merges
+
+
+@dataclass
+class ClipTrainConfig:
+    """How to train (or fine-tune) the CLIP."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 5e-4  # from scratch; fine-tuning a pretrained CLIP wants ~1e-5
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.05
+    description_prob: float = 0.8  # per image and epoch: a description, else a reference
+    prompt_prob: float = 0.5  # prepend CLIP_PROMPT, so texts with and without it both work
+    seed: int = 0
+    eval_split: str = "test"
+    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> CLIPTokenizer:
+    """Learn BPE merges on `texts` with CLIP's normalizer/pre-tokenizer; return a CLIPTokenizer.
+
+    The vocabulary is laid out like OpenAI's: 256 byte symbols, the same with `</w>`, one
+    entry per merge, then BOS and EOS (EOS doubles as padding, as in OpenAI's tokenizer).
+    """
+    reference = CLIPTokenizer()  # empty; lends us CLIP's exact normalizer and pre-tokenizer
+    normalizer = reference.backend_tokenizer.normalizer
+    pre_tokenizer = reference.backend_tokenizer.pre_tokenizer
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(p for p, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    n_merges = max(0, vocab_size - 2 * len(byte_symbols) - 2)
+    merges = learn_bpe_merges(words, n_merges)
+    symbols = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
+    vocab: dict[str, int] = {}
+    for s in [*symbols, BOS, EOS]:
+        vocab.setdefault(s, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def learn_bpe_merges(
+    words: Counter[str], n_merges: int, min_count: int = 2
+) -> list[tuple[str, str]]:
+    """Classic BPE (Sennrich et al. 2016) over a word-frequency table, `</w>` marking word ends.
+
+    Deterministic: ties go to the lexicographically smallest pair (the `tokenizers` trainer
+    breaks ties by hash order, so its merges change from run to run). Plain Python is enough
+    here: a captioning vocabulary has a few thousand distinct words at most.
+    """
+    split = {w: (*w[:-1], w[-1] + "</w>") for w in words}  # word -> current symbols
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for w, symbols in split.items():
+            for pair in zip(symbols, symbols[1:], strict=False):
+                pairs[pair] += words[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < min_count:
+            break
+        merges.append(best)
+        joined = best[0] + best[1]
+        for w, symbols in split.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if symbols[i : i + 2] == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            split[w] = tuple(out)
+    return merges
+
+
+def save_tokenizer(tokenizer: CLIPTokenizer, out_dir: Path) -> None:
+    """save_pretrained, plus OpenAI-style vocab.json + merges.txt for older transformers."""
+    tokenizer.save_pretrained(out_dir)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    atomic_write_text(out_dir / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False))
+    atomic_write_text(out_dir / "merges.txt", "\n".join(["#version: 0.2", *merges]) + "\n")
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> CLIPModel:
+    """A randomly initialised CLIPModel whose text config agrees with `tokenizer`.
+
+    `eos_token_id` must be the tokenizer's EOS id: Hugging Face CLIP pools the text at the
+    first EOS position (any id but the legacy value 2).
+    """
+    assert tokenizer.eos_token_id != 2, "id 2 selects HF CLIP's legacy argmax pooling"
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.heads,
+        max_position_embeddings=cfg.max_text_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=4 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
+    return CLIPModel(config)
+
+
+def build_image_processor(image_size: int):
+    """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at `image_size`."""
+    try:  # transformers 5 without torchvision: the PIL processor (same numbers, no warning)
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:  # transformers 4
+        Processor = CLIPImageProcessor
+    return Processor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
+def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """Projected, L2-normalised text features (N, P); gradients flow when enabled."""
+    device = model.logit_scale.device
+    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
+    pooled = model.text_model(**enc).pooler_output  # (N, text_hidden) at the EOS position
+    return F.normalize(model.text_projection(pooled), dim=-1)
+
+
+def encode_pixels(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Projected, L2-normalised image features (N, P) from preprocessed pixels (N, 3, S, S)."""
+    pooled = model.vision_model(pixel_values=pixels.to(model.logit_scale.device)).pooler_output
+    return F.normalize(model.visual_projection(pooled), dim=-1)
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matched (image, text) pairs, (B, P) each."""
+    logits = logit_scale.exp().clamp(max=100) * txt @ img.T  # (B_text, B_image)
+    target = torch.arange(len(img), device=img.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+# --------------------------------------------------------------------------- data
+
+
+class RecordPixels:
+    """Preprocessed pixels of `records`, index -> (3, S, S) float32.
+
+    Small sets (the scenes world: 4,000 images at 96 px = 221 MB in float16) are decoded and
+    preprocessed once and kept; larger ones (COCO at 224 px) are loaded lazily per item.
+    """
+
+    def __init__(
+        self,
+        corpus: CaptionCorpus,
+        records: list[ImageRecord],
+        processor,
+        cache_limit_bytes: int = 2 << 30,
+    ) -> None:
+        self.corpus, self.records, self.processor = corpus, records, processor
+        self.cached: torch.Tensor | None = None  # (N, 3, S, S) float16
+        side = _processor_side(processor)
+        if len(records) * 3 * side * side * 2 <= cache_limit_bytes:
+            self.cached = torch.cat([chunk.half() for chunk in self.batches()])
+
+    def _load(self, indices) -> torch.Tensor:
+        images = [load_image(self.corpus.image_path(self.records[i])) for i in indices]
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[i].float()
+        return self._load([i])[0]
+
+    def batches(self, size: int = 256):
+        """(<=size, 3, S, S) float32 chunks in order."""
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            if self.cached is not None:
+                yield self.cached[start:stop].float()
+            else:
+                yield self._load(range(start, stop))
+
+
+def _processor_side(processor) -> int:
+    crop = getattr(processor, "crop_size", None) or {}
+    size = getattr(processor, "size", None) or {}
+    return int(crop.get("height") or size.get("shortest_edge") or size.get("height") or 224)
+
+
+def descriptions_of(record: ImageRecord) -> list[str]:
+    return [d for d in record.extra.get("descriptions", []) if d]
+
+
+class ImageTextPairs(Dataset):
+    """One (pixels, text) pair per image; the text is re-drawn every epoch (`set_epoch`)."""
+
+    def __init__(self, pixels: RecordPixels, records: list[ImageRecord], cfg: ClipTrainConfig):
+        self.pixels, self.records, self.cfg = pixels, records, cfg
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
+        record = self.records[i]
+        descriptions = descriptions_of(record)
+        refs = [c for c in record.captions if c]
+        pool = descriptions if descriptions and rng.random() < self.cfg.description_prob else refs
+        text = rng.choice(pool or descriptions)
+        if rng.random() < self.cfg.prompt_prob:
+            text = CLIP_PROMPT + text
+        return self.pixels[i], text
+
+
+def cosine_schedule(
+    opt: torch.optim.Optimizer, total_steps: int, warmup_frac: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_frac` of the steps, then cosine decay to 0."""
+    warmup = max(1, int(warmup_frac * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (
+            1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup)))
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class EpochSummary(L.Callback):
+    """One flushed line per epoch (logged metrics + elapsed time), readable in a log file."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        values = {
+            k.removesuffix("_epoch"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if not k.endswith("_step")
+        }
+        metrics = " ".join(f"{k} {v:.3f}" for k, v in values.items())
+        elapsed = time.perf_counter() - self.started
+        print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {metrics} ({elapsed:.0f} s)",
+            flush=True,
+        )
+
+
+class ClipTask(L.LightningModule):
+    """CLIP contrastive training: model + loss + the AdamW/cosine schedule."""
+
+    def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer, cfg: ClipTrainConfig):
+        super().__init__()
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
+        pixels, texts = batch
+        img = encode_pixels(self.model, pixels)  # (B, P)
+        txt = encode_texts(self.model, self.tokenizer, list(texts))  # (B, P)
+        loss = clip_loss(img, txt, self.model.logit_scale)
+        self.log("loss", loss, prog_bar=True, on_epoch=True)
+        self.log("scale", self.model.logit_scale.exp(), prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        rest = [
+            p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)
+        ]
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.cfg.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=self.cfg.lr,
+        )
+        sched = cosine_schedule(opt, self.trainer.estimated_stepping_batches, self.cfg.warmup_frac)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def retrieval_eval(
+    model: CLIPModel, tokenizer: CLIPTokenizer, pixels: RecordPixels, records: list[ImageRecord]
+) -> dict[str, dict[str, float]]:
+    """Text-to-image retrieval on held-out images with the first description vs first reference.
+
+    No prompt, one text per image, N x N cosine matrix: Cho et al.'s protocol, computed by
+    the evaluation suite's own `finecap.metrics.retrieval` (R@k fractions, MedR 1-based).
+    """
+    from finecap.metrics.retrieval import retrieval_scores
+
+    model.eval()
+    img = torch.cat([encode_pixels(model, p) for p in pixels.batches()])
+    queries = {
+        "description": [(descriptions_of(r) or r.captions)[0] for r in records],
+        "reference": [r.captions[0] for r in records],
+    }
+    out = {}
+    for name, texts in queries.items():
+        txt = torch.cat(
+            [encode_texts(model, tokenizer, texts[i : i + 256]) for i in range(0, len(texts), 256)]
+        )
+        out[name] = retrieval_scores(txt, img)
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def train_clip(
+    dataset: str | Path,
+    out_dir: str | Path,
+    arch: ScenesClipConfig | None = None,
+    cfg: ClipTrainConfig | None = None,
+    init: str | None = None,
+) -> dict:
+    """Train (or, with `init`, fine-tune) a CLIP on `dataset`'s train split; save it to `out_dir`.
+
+    Returns the evaluation written to `out_dir/clip_eval.json`.
+    """
+    arch, cfg = arch or ScenesClipConfig(), cfg or ClipTrainConfig()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(cfg.seed, verbose=False)
+    corpus = load_corpus(dataset)
+    train_records = corpus.split("train")
+    eval_records = [r for r in corpus.split(cfg.eval_split) if r.captions]
+    if not train_records:
+        raise ValueError(f"{dataset}: no training images")
+
+    started = time.perf_counter()
+    if init is None:
+        texts = [t for r in train_records for t in [*descriptions_of(r), *r.captions]]
+        tokenizer = train_bpe_tokenizer(
+            texts + [CLIP_PROMPT], arch.bpe_vocab_size, arch.max_text_length
+        )
+        model = build_scenes_clip(arch, tokenizer)
+        processor = build_image_processor(arch.image_size)
+    else:
+        from finecap.clip.embed import load_clip
+
+        bundle = load_clip(init)
+        model, tokenizer, processor = bundle.model, bundle.tokenizer, bundle.image_processor
+    train_pixels = RecordPixels(corpus, train_records, processor)
+    eval_pixels = RecordPixels(corpus, eval_records, processor)
+    prep_s = time.perf_counter() - started
+
+    data = ImageTextPairs(train_pixels, train_records, cfg)
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(data) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        callbacks=[EpochSummary()],
+    )
+    started, cpu_started = time.perf_counter(), time.process_time()
+    trainer.fit(ClipTask(model, tokenizer, cfg), loader)
+    train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    if init is None:
+        save_tokenizer(tokenizer, out)
+    else:
+        tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+
+    result = {
+        "dataset": str(dataset),
+        "init": init,
+        "eval_split": cfg.eval_split,
+        "n_train": len(train_records),
+        "n_eval": len(eval_records),
+        "retrieval": retrieval_eval(model.cpu(), tokenizer, eval_pixels, eval_records),
+        "logit_scale": round(model.logit_scale.exp().item(), 3),
+        "preprocess_seconds": round(prep_s, 1),
+        "train_seconds": round(train_s, 1),
+        "train_cpu_seconds": round(train_cpu_s, 1),  # all threads; the machine may be shared
+        "torch_threads": torch.get_num_threads(),
+        "arch": asdict(arch) if init is None else None,
+        "train": asdict(cfg),
+    }
+    atomic_write_text(out / "clip_eval.json", json.dumps(result, indent=2) + "\n")
+    return result

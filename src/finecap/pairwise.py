@@ -1,0 +1,224 @@
+"""Human pairwise evaluation (Cho et al. 2022, Table 4): which of two captions is better?
+
+`make_items` draws a seeded sample of images captioned by both systems A and B and puts
+the two captions in a seeded random left/right order; `render_page` writes one
+self-contained HTML page (images embedded) that asks, per image, for the better caption on
+five criteria with ties allowed. The page stores per item which side is A, so the saved
+judgments can be un-blinded; the annotator sees only "Caption 1" / "Caption 2".
+
+"Save" downloads `judgments.json` (a Blob link) and also shows the same JSON in a text
+box, for browsers that block downloads. `tally` un-blinds any number of judgment files and
+counts, per criterion, how often A wins, loses or ties against B.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from finecap.io import atomic_write_text
+
+CRITERIA = ("overall", "background", "object", "attribute", "relation")
+JUDGMENTS_FORMAT = "finecap-pairwise-judgments/1"
+SIDES = ("left", "right")
+
+
+@dataclass
+class PairItem:
+    item: int  # position on the page
+    image_id: int | str
+    image_uri: str | None  # data: URI of the image
+    left: str  # caption shown as "Caption 1"
+    right: str  # caption shown as "Caption 2"
+    a_side: str  # "left" | "right": where system A's caption is
+
+
+def make_items(
+    a: Mapping[int | str, str],
+    b: Mapping[int | str, str],
+    image_paths: Mapping[int | str, Path],
+    n: int = 50,
+    seed: int = 0,
+) -> list[PairItem]:
+    """A seeded sample of `n` images captioned by both systems, sides shuffled per item."""
+    from finecap.report import image_data_uri
+
+    common = sorted((k for k in a if k in b and k in image_paths), key=str)
+    if not common:
+        raise ValueError("no image is captioned by both systems and has an image file")
+    rnd = random.Random(seed)
+    chosen = rnd.sample(common, min(n, len(common)))
+    items = []
+    for k, image_id in enumerate(chosen):
+        a_side = rnd.choice(SIDES)
+        left, right = (a[image_id], b[image_id]) if a_side == "left" else (b[image_id], a[image_id])
+        uri = image_data_uri(image_paths[image_id], max_side=384)
+        items.append(PairItem(k, image_id, uri, left, right, a_side))
+    return items
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+.item { border-top: 1px solid #ccc; padding: 1em 0; display: flex; gap: 1.5em; }
+.item img { width: 320px; height: auto; }
+.caption { margin: 0.3em 0; } .caption b { display: inline-block; width: 6em; }
+table { border-collapse: collapse; margin-top: 0.6em; }
+td, th { padding: 0.15em 0.6em; text-align: center; } td.criterion { text-align: left; }
+#bar { position: sticky; top: 0; background: #fff; padding: 0.5em 0;
+       border-bottom: 1px solid #ccc; }
+textarea { width: 100%; height: 8em; font-family: monospace; }
+"""
+
+_SCRIPT = """
+const DATA = JSON.parse(document.getElementById('pairwise-data').textContent);
+const CRITERIA = DATA.criteria;
+function collect() {
+  const items = DATA.items.map(it => {
+    const choices = {};
+    for (const c of CRITERIA) {
+      const el = document.querySelector(`input[name="i${it.item}-${c}"]:checked`);
+      choices[c] = el ? el.value : null;
+    }
+    return {item: it.item, image_id: it.image_id, a_side: it.a_side, choices: choices};
+  });
+  return {format: DATA.format, a: DATA.a, b: DATA.b, seed: DATA.seed,
+          annotator: document.getElementById('annotator').value, saved: new Date().toISOString(),
+          items: items};
+}
+function updateProgress() {
+  const doc = collect();
+  const done = doc.items.filter(it => CRITERIA.every(c => it.choices[c] !== null)).length;
+  document.getElementById('progress').textContent = `${done} of ${doc.items.length} images done`;
+}
+function save() {
+  const text = JSON.stringify(collect(), null, 1);
+  document.getElementById('judgments-json').value = text;
+  const url = URL.createObjectURL(new Blob([text], {type: 'application/json'}));
+  const link = document.getElementById('download');
+  link.href = url;
+  link.download = 'judgments.json';
+  link.click();
+}
+document.addEventListener('change', updateProgress);
+document.getElementById('save').addEventListener('click', save);
+updateProgress();
+"""
+
+
+def _render_item(it: PairItem) -> str:
+    esc = html.escape
+    image = f"<img src='{it.image_uri}' alt='image'>" if it.image_uri else "<i>no image</i>"
+    rows = []
+    for c in CRITERIA:
+        cells = "".join(
+            f"<td><input type='radio' name='i{it.item}-{c}' value='{v}' "
+            f"id='i{it.item}-{c}-{v}' aria-label='{c}: {label}'></td>"
+            for v, label in (("left", "Caption 1"), ("right", "Caption 2"), ("tie", "tie"))
+        )
+        rows.append(f"<tr><td class='criterion'>{c}</td>{cells}</tr>")
+    return (
+        f"<div class='item' id='item-{it.item}'><div>{image}</div><div>"
+        f"<div class='caption'><b>Caption 1</b> {esc(it.left)}</div>"
+        f"<div class='caption'><b>Caption 2</b> {esc(it.right)}</div>"
+        "<table><tr><th></th><th>Caption 1</th><th>Caption 2</th><th>tie</th></tr>"
+        f"{''.join(rows)}</table></div></div>"
+    )
+
+
+def render_page(
+    items: Sequence[PairItem], a_name: str, b_name: str, seed: int, title: str = "Which caption?"
+) -> str:
+    """The self-contained judging page."""
+    data = {
+        "format": JUDGMENTS_FORMAT,
+        "a": a_name,
+        "b": b_name,
+        "seed": seed,
+        "criteria": list(CRITERIA),
+        "items": [{k: v for k, v in asdict(it).items() if k != "image_uri"} for it in items],
+    }
+    # "</script" or "<!--" in a caption must not end the script element; JSON reads \u003c.
+    payload = json.dumps(data).replace("<", "\\u003c")
+    intro = (
+        "For each image, pick the better caption on each criterion (or tie): "
+        "<b>overall</b> quality, <b>background</b>, <b>object</b>s, their <b>attribute</b>s "
+        "(colour, size, texture) and <b>relation</b>s. Then press Save and send the file."
+    )
+    return "\n".join(
+        [
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{intro}</p>",
+            "<div id='bar'>Annotator: <input id='annotator' size='12'> "
+            "<span id='progress'></span> <button id='save'>Save judgments</button> "
+            "<a id='download' style='display:none'>download</a></div>",
+            "".join(_render_item(it) for it in items),
+            "<h2>Saved judgments</h2><textarea id='judgments-json' readonly></textarea>",
+            f"<script type='application/json' id='pairwise-data'>{payload}</script>",
+            f"<script>{_SCRIPT}</script></body></html>\n",
+        ]
+    )
+
+
+def write_page(path: str | os.PathLike, items: Sequence[PairItem], a_name, b_name, seed) -> None:
+    atomic_write_text(path, render_page(items, a_name, b_name, seed))
+
+
+def load_judgments(path: str | os.PathLike) -> dict:
+    """Read one saved judgments file, checking its format."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != JUDGMENTS_FORMAT:
+        raise ValueError(f"{path}: not a finecap pairwise judgments file ({JUDGMENTS_FORMAT})")
+    return doc
+
+
+@dataclass
+class Tally:
+    a: str
+    b: str
+    counts: dict[str, dict[str, int]]  # criterion -> {"A": wins of A, "B": wins of B, "tie"}
+
+    def percentages(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for c, n in self.counts.items():
+            total = sum(n.values())
+            out[c] = {k: (100 * v / total if total else 0.0) for k, v in n.items()}
+        return out
+
+
+def tally(docs: Sequence[dict]) -> Tally:
+    """Un-blind and count judgments; unanswered criteria are left out of their counts."""
+    if not docs:
+        raise ValueError("no judgments to tally")
+    names = {(d.get("a"), d.get("b")) for d in docs}
+    if len(names) > 1:
+        raise ValueError(f"judgment files compare different systems: {sorted(names, key=str)}")
+    counts = {c: {"A": 0, "B": 0, "tie": 0} for c in CRITERIA}
+    for doc in docs:
+        for it in doc["items"]:
+            for c in CRITERIA:
+                choice = it["choices"].get(c)
+                if choice is None:
+                    continue
+                if choice not in (*SIDES, "tie"):
+                    raise ValueError(f"item {it['item']}: unknown choice {choice!r} for {c}")
+                key = "tie" if choice == "tie" else ("A" if choice == it["a_side"] else "B")
+                counts[c][key] += 1
+    a, b = names.pop()
+    return Tally(str(a), str(b), counts)
+
+
+def format_tally(t: Tally) -> str:
+    """Win / lose / tie percentages of A against B, one row per criterion."""
+    lines = [
+        f"A = {t.a}, B = {t.b}",
+        f"{'criterion':12s} {'A wins':>7s} {'B wins':>7s} {'tie':>6s}   n",
+    ]
+    for c, pct in t.percentages().items():
+        n = sum(t.counts[c].values())
+        lines.append(f"{c:12s} {pct['A']:6.1f}% {pct['B']:6.1f}% {pct['tie']:5.1f}% {n:4d}")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Presenting evaluation results: the terminal table and a self-contained HTML report.
+
+Both print metrics x100 as papers do, except those a metric group declares unscaled (MedR,
+Vocabulary, Mean-Length). The HTML page embeds everything (images as base64 JPEG
+thumbnails), so it can be mailed or archived as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from finecap.io import atomic_write_text
+from finecap.metrics.suite import SuiteResult, list_metrics
+
+
+@dataclass
+class ReportSample:
+    """One image shown in the report with its references and every system's caption."""
+
+    image_id: int
+    image_path: Path | None
+    references: list[str]
+    captions: dict[str, str]  # system name -> caption
+
+
+def table_columns(result: SuiteResult) -> list[str]:
+    """Metrics present in the result, in registry order."""
+    order = [m for g in list_metrics() for m in g.metrics]
+    present = {m for scores in result.systems.values() for m in scores}
+    return [m for m in order if m in present] + sorted(present - set(order))
+
+
+def format_value(result: SuiteResult, metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    shown = value if metric in result.unscaled else 100 * value
+    return f"{shown:.0f}" if metric == "Vocabulary" else f"{shown:.1f}"
+
+
+def format_table(result: SuiteResult) -> str:
+    """Systems as rows, metrics as columns; x100 except unscaled metrics."""
+    columns = table_columns(result)
+    name_w = max([len("system")] + [len(s) for s in result.systems])
+    widths = [max(len(m), 5) for m in columns]
+    header = ["system".ljust(name_w)] + [m.rjust(w) for m, w in zip(columns, widths, strict=True)]
+    lines = [" ".join(header)]
+    for name, scores in result.systems.items():
+        cells = [
+            format_value(result, m, scores.get(m)).rjust(w)
+            for m, w in zip(columns, widths, strict=True)
+        ]
+        lines.append(" ".join([name.ljust(name_w)] + cells))
+    return "\n".join(lines)
+
+
+def image_data_uri(path: str | os.PathLike, max_side: int = 256) -> str | None:
+    """A JPEG thumbnail of the image as a data: URI, or None when it cannot be read."""
+    from finecap.data.images import ImageLoadError, load_image
+
+    try:
+        image = load_image(path)
+    except ImageLoadError:
+        return None
+    image.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table.metrics { border-collapse: collapse; font-size: 0.9em; }
+table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 0.3em 0.5em; }
+table.metrics td { text-align: right; font-variant-numeric: tabular-nums; }
+table.metrics td.name { text-align: left; font-weight: 600; }
+.sample { display: flex; gap: 1.5em; border-top: 1px solid #ddd; padding: 1em 0; }
+.sample img { width: 256px; height: auto; object-fit: contain; }
+.sample ul { margin: 0.2em 0 0.8em 1.2em; padding: 0; }
+.system { margin: 0.2em 0; } .system b { display: inline-block; min-width: 9em; }
+.muted { color: #777; font-size: 0.9em; }
+"""
+
+
+def render_report(
+    result: SuiteResult, samples: Sequence[ReportSample], title: str = "finecap evaluation"
+) -> str:
+    """The HTML page as a string."""
+    esc = html.escape
+    columns = table_columns(result)
+    head = "".join(f"<th>{esc(m)}</th>" for m in columns)
+    rows = []
+    for name, scores in result.systems.items():
+        cells = "".join(f"<td>{format_value(result, m, scores.get(m))}</td>" for m in columns)
+        rows.append(f'<tr><td class="name">{esc(name)}</td>{cells}</tr>')
+    unavailable = "".join(
+        f"<li><b>{esc(m)}</b>: {esc(reason)}</li>" for m, reason in result.unavailable.items()
+    )
+    settings = "".join(
+        f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in result.settings.items()
+    )
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
+        "<p class='muted'>Scores x100 except "
+        f"{esc(', '.join(sorted(result.unscaled)) or 'none')}.</p>",
+        f"<table class='metrics'><tr><th>system</th>{head}</tr>{''.join(rows)}</table>",
+    ]
+    if unavailable:
+        parts.append(f"<h2>Unavailable</h2><ul>{unavailable}</ul>")
+    parts.append(f"<h2>Samples</h2>{''.join(_render_sample(s) for s in samples)}")
+    parts.append(f"<h2>Settings</h2><ul class='muted'>{settings}</ul></body></html>\n")
+    return "\n".join(parts)
+
+
+def _render_sample(sample: ReportSample) -> str:
+    esc = html.escape
+    uri = image_data_uri(sample.image_path) if sample.image_path is not None else None
+    image = (
+        f"<img src='{uri}' alt='image {sample.image_id}'>"
+        if uri
+        else f"<div class='muted'>image {sample.image_id} not available</div>"
+    )
+    refs = "".join(f"<li>{esc(r)}</li>" for r in sample.references)
+    systems = "".join(
+        f"<div class='system'><b>{esc(name)}</b> {esc(caption) or '<i>(empty)</i>'}</div>"
+        for name, caption in sample.captions.items()
+    )
+    return (
+        f"<div class='sample' id='image-{sample.image_id}'><div>{image}</div><div>"
+        f"<div class='muted'>image_id {sample.image_id}</div><b>References</b><ul>{refs}</ul>"
+        f"{systems}</div></div>"
+    )
+
+
+def write_report(
+    path: str | os.PathLike,
+    result: SuiteResult,
+    samples: Sequence[ReportSample],
+    title: str = "finecap evaluation",
+) -> None:
+    """Write the self-contained HTML report atomically."""
+    atomic_write_text(path, render_report(result, samples, title))
+
+
+def pick_samples(
+    image_ids: Sequence[int],
+    image_paths: Sequence[Path] | None,
+    references: Sequence[Sequence[str]],
+    captions: Mapping[str, Sequence[str]],
+    n: int = 12,
+    seed: int = 0,
+) -> list[ReportSample]:
+    """A seeded random sample of `n` images with references and each system's caption."""
+    import random
+
+    order = sorted(random.Random(seed).sample(range(len(image_ids)), min(n, len(image_ids))))
+    return [
+        ReportSample(
+            image_ids[i],
+            Path(image_paths[i]) if image_paths is not None else None,
+            list(references[i]),
+            {name: caps[i] for name, caps in captions.items()},
+        )
+        for i in order
+    ]

@@ -1,0 +1,175 @@
+"""The reward interface: one batch type in, one score per caption out, combined by weights.
+
+Dimension letters: B images, K sampled captions per image, P CLIP projection size.
+
+```python
+batch = RewardBatch(
+    captions=[...],            # B*K strings, grouped per image: captions[i*K:(i+1)*K] are image i's
+    references=[[...], ...],   # B lists of reference captions (optional for most rewards)
+    image_ids=[...],           # B ids (CIDEr-D looks references up by id; CLIP rewards cache by id)
+    images=[PIL, ...],         # B images, or
+    image_embeddings=emb,      # (B, P) L2-normalised, from the *same* CLIP as the reward's
+)
+reward = create_reward("clip_s", clip="runs/scenes_clip")
+scores = reward(batch)         # (B*K,) float32 tensor on CPU, no grad
+
+total = WeightedReward([(1.0, create_reward("clip_s", clip=...)),
+                        (2.0, create_reward("grammar", model=...))])
+total(batch)                   # sum of weight * score
+total.components(batch)       # {"clip_s": (B*K,), "grammar": (B*K,)} for logging
+```
+
+A reward is any `Reward` subclass: `__call__(batch) -> Tensor (B*K,)`. Register a factory with
+`@register_reward(name)`; `create_reward(name, **cfg)` builds it, `list_rewards()` names them.
+`rewards_from_config([{"name": ..., "weight": ..., **cfg}, ...])` builds a `WeightedReward`
+whose CLIP-based terms share one loaded CLIP (and its image-embedding cache) per path.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from finecap.registry import Registry
+
+
+@dataclass
+class RewardBatch:
+    """What a reward sees: B images, B*K sampled captions grouped per image, references."""
+
+    captions: list[str]  # (B*K,)
+    references: list[list[str]] | None = None  # (B,) lists
+    image_ids: list[Any] | None = None  # (B,)
+    images: list[Any] | None = None  # (B,) PIL images
+    image_embeddings: torch.Tensor | None = None  # (B, P), unit rows, the reward's own CLIP
+
+    def __post_init__(self) -> None:
+        sizes = {
+            name: len(value)
+            for name, value in [
+                ("references", self.references),
+                ("image_ids", self.image_ids),
+                ("images", self.images),
+                ("image_embeddings", self.image_embeddings),
+            ]
+            if value is not None
+        }
+        if not sizes:
+            raise ValueError("RewardBatch needs references, image_ids, images or image_embeddings")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"RewardBatch: per-image fields disagree on the image count: {sizes}")
+        b = next(iter(sizes.values()))
+        if b == 0 or len(self.captions) % b:
+            raise ValueError(f"RewardBatch: {len(self.captions)} captions for {b} images")
+
+    @property
+    def num_images(self) -> int:  # B
+        for value in (self.references, self.image_ids, self.images, self.image_embeddings):
+            if value is not None:
+                return len(value)
+        raise AssertionError("unreachable: checked in __post_init__")
+
+    @property
+    def samples_per_image(self) -> int:  # K
+        return len(self.captions) // self.num_images
+
+    def image_index(self) -> torch.Tensor:
+        """(B*K,) index of each caption's image: 0,0,..,0,1,1,..."""
+        return torch.arange(self.num_images).repeat_interleave(self.samples_per_image)
+
+    def caption_image_ids(self) -> list[Any]:
+        """(B*K,) image id of each caption."""
+        if self.image_ids is None:
+            raise ValueError("this reward needs RewardBatch.image_ids")
+        k = self.samples_per_image
+        return [i for i in self.image_ids for _ in range(k)]
+
+
+class Reward(abc.ABC):
+    """Scores each caption of a batch; higher is better. Subclasses set `name`."""
+
+    name: str = "reward"
+
+    @abc.abstractmethod
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        """(B*K,) float32 scores on CPU, without grad."""
+
+
+class WeightedReward(Reward):
+    """sum_j w_j * r_j(batch). Component names must be unique (they key `components`)."""
+
+    name = "weighted"
+
+    def __init__(self, terms: Sequence[tuple[float, Reward]]) -> None:
+        if not terms:
+            raise ValueError("WeightedReward needs at least one (weight, reward) term")
+        names = [r.name for _, r in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"WeightedReward: duplicate component names {names}")
+        self.terms = [(float(w), r) for w, r in terms]
+
+    def components(self, batch: RewardBatch) -> dict[str, torch.Tensor]:
+        """Each term's unweighted score, (B*K,) each."""
+        return {r.name: as_scores(r(batch), len(batch.captions)) for _, r in self.terms}
+
+    def combine(self, components: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return sum(w * components[r.name] for w, r in self.terms)
+
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        return self.combine(self.components(batch))
+
+
+def as_scores(values: Any, n: int) -> torch.Tensor:
+    """Anything array-like -> (n,) float32 CPU tensor without grad; checks the length."""
+    t = torch.as_tensor(values).detach().float().cpu().reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"reward returned {t.numel()} scores for {n} captions")
+    return t
+
+
+_REWARDS: Registry[Reward] = Registry("reward")
+
+
+def register_reward(name: str) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+    return _REWARDS.register(name)
+
+
+def create_reward(name: str, **cfg: Any) -> Reward:
+    _load_builtin_rewards()
+    return _REWARDS.create(name, **cfg)
+
+
+def list_rewards() -> list[str]:
+    _load_builtin_rewards()
+    return _REWARDS.names()
+
+
+def rewards_from_config(terms: Sequence[Mapping[str, Any]], device: str = "cpu") -> WeightedReward:
+    """[{"name": "clip_s", "weight": 1.0, "clip": DIR}, ...] -> WeightedReward.
+
+    Terms naming the same `clip` share one loaded CLIP (on `device`) and one image-embedding
+    cache.
+    """
+    from finecap.rewards.clip_rewards import ClipScorer
+
+    scorers: dict[str, ClipScorer] = {}
+    built = []
+    for term in terms:
+        cfg = dict(term)
+        name, weight = cfg.pop("name"), float(cfg.pop("weight", 1.0))
+        clip = cfg.get("clip")
+        if isinstance(clip, str):
+            if clip not in scorers:
+                scorers[clip] = ClipScorer.load(clip, device=device)
+            cfg["clip"] = scorers[clip]
+        built.append((weight, create_reward(name, **cfg)))
+    return WeightedReward(built)
+
+
+def _load_builtin_rewards() -> None:
+    # Importing the modules registers their rewards; deferred so `base` imports nothing heavy.
+    from finecap.rewards import cider, clip_rewards, contrastive, discriminator, grammar  # noqa: F401

@@ -1,0 +1,125 @@
+"""CLIP-S and RefCLIP-S rewards (Hessel et al. 2021; used as rewards by Cho et al. 2022).
+
+Both call the evaluation suite's own functions, `finecap.metrics.clipscore.clip_s` and
+`refclip_s`, on embeddings from `finecap.clip.ClipEmbedder`, so a reward equals the CLIP-S
+that `finecap evaluate` reports for the same caption, image and CLIP.
+
+`ClipScorer` is the CLIP a reward scores with plus a cache of image embeddings keyed by
+image id: during SCST every image is seen many times, and its embedding never changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from finecap.metrics.clipscore import (
+    CLIP_S_PREFIX,
+    CLIP_S_WEIGHT,
+    clip_s,
+    embed_references,
+    refclip_s,
+)
+from finecap.rewards.base import Reward, RewardBatch, register_reward
+
+
+class ClipScorer:
+    """A loaded CLIP (`ClipEmbedder`) + image embeddings cached by image id."""
+
+    def __init__(self, embedder, cache_images: bool = True) -> None:
+        self.embedder = embedder
+        self.cache_images = cache_images
+        self._images: dict = {}  # image id -> (P,)
+
+    @classmethod
+    def load(cls, clip: str, device: str = "cpu", batch_size: int = 256) -> ClipScorer:
+        from finecap.clip.embed import ClipEmbedder, load_clip
+
+        return cls(ClipEmbedder(load_clip(clip, device=device), batch_size=batch_size))
+
+    @property
+    def logit_scale(self) -> float:
+        return self.embedder.bundle.model.logit_scale.detach().exp().item()
+
+    def image_embeddings(self, batch: RewardBatch) -> torch.Tensor:
+        """(B, P) unit image embeddings: given, cached by id, or embedded from batch.images."""
+        if batch.image_embeddings is not None:
+            return batch.image_embeddings.float().cpu()
+        ids = batch.image_ids
+        if ids is not None and all(i in self._images for i in ids):
+            return torch.stack([self._images[i] for i in ids])
+        if batch.images is None:
+            raise ValueError("a CLIP reward needs images, image_embeddings or cached image_ids")
+        emb = self.embedder.embed_images(batch.images)  # (B, P)
+        if ids is not None and self.cache_images:
+            self._images.update(zip(ids, emb, strict=True))
+        return emb
+
+    def text_embeddings(self, texts: list[str], prefix: str) -> torch.Tensor:
+        return self.embedder.embed_texts(texts, prefix=prefix)  # (N, P)
+
+
+def as_scorer(clip) -> ClipScorer:
+    """`clip` may be a folder / hub name, a `ClipScorer` or a `ClipEmbedder`."""
+    if isinstance(clip, ClipScorer):
+        return clip
+    if isinstance(clip, str):
+        return ClipScorer.load(clip)
+    return ClipScorer(clip)
+
+
+@dataclass
+class ClipSConfig:
+    clip: object  # folder or hub name, or an already loaded ClipScorer / ClipEmbedder
+    w: float = CLIP_S_WEIGHT
+    prefix: str = CLIP_S_PREFIX
+
+
+class ClipSReward(Reward):
+    """CLIP-S(c, v) = w * max(cos(E_text(prefix + c), E_img(v)), 0), per caption."""
+
+    name = "clip_s"
+
+    def __init__(self, cfg: ClipSConfig) -> None:
+        self.cfg = cfg
+        self.scorer = as_scorer(cfg.clip)
+
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        img = self.scorer.image_embeddings(batch)[batch.image_index()]  # (B*K, P)
+        txt = self.scorer.text_embeddings(batch.captions, self.cfg.prefix)  # (B*K, P)
+        return clip_s(img, txt, w=self.cfg.w)
+
+
+@dataclass
+class RefClipSConfig(ClipSConfig):
+    variant: str = "hessel"  # "hessel" (raw max cosine) or "cho" (max w*relu(cos)); see metrics
+
+
+class RefClipSReward(Reward):
+    """RefCLIP-S: harmonic mean of CLIP-S and the best reference match (variant named)."""
+
+    name = "refclip_s"
+
+    def __init__(self, cfg: RefClipSConfig) -> None:
+        self.cfg = cfg
+        self.scorer = as_scorer(cfg.clip)
+
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        if batch.references is None:
+            raise ValueError("refclip_s needs RewardBatch.references")
+        index = batch.image_index()
+        img = self.scorer.image_embeddings(batch)[index]  # (B*K, P)
+        txt = self.scorer.text_embeddings(batch.captions, self.cfg.prefix)  # (B*K, P)
+        refs, mask = embed_references(self.scorer.embedder, batch.references, self.cfg.prefix)
+        return refclip_s(img, txt, refs[index], mask[index], variant=self.cfg.variant, w=self.cfg.w)
+
+
+@register_reward("clip_s")
+def _clip_s(**cfg) -> ClipSReward:
+    return ClipSReward(ClipSConfig(**cfg))
+
+
+@register_reward("refclip_s")
+def _refclip_s(**cfg) -> RefClipSReward:
+    return RefClipSReward(RefClipSConfig(**cfg))

@@ -1,0 +1,137 @@
+"""Scenes CLIP: the BPE tokenizer, EOS pooling, and train -> save -> load through the same
+`load_clip` path as a Hugging Face checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, CLIPTokenizer
+
+from finecap.cli import main as cli_main
+from finecap.clip import ClipEmbedder, load_clip
+from finecap.clip.train import (
+    ClipTrainConfig,
+    ScenesClipConfig,
+    build_scenes_clip,
+    clip_loss,
+    encode_texts,
+    save_tokenizer,
+    train_bpe_tokenizer,
+    train_clip,
+)
+from finecap.scenes import generate_world
+
+TEXTS = [
+    "a small red dotted circle and a large blue plain square on grass.",
+    "the red circle is left of the blue square.",
+    "an image of a circle",
+] * 20
+TINY = ScenesClipConfig(
+    image_size=48, vision_hidden=32, text_hidden=32, vision_layers=1, text_layers=1, heads=2
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> CLIPTokenizer:
+    return train_bpe_tokenizer(TEXTS, vocab_size=800, max_length=16)
+
+
+def test_tokenizer_handles_unknown_words_pads_and_truncates(tokenizer: CLIPTokenizer) -> None:
+    ids = tokenizer(["zebra xylophone!", "a red circle"], padding=True)["input_ids"]
+    assert ids[0][0] == tokenizer.bos_token_id and tokenizer.eos_token_id in ids[0]
+    assert len(ids[0]) == len(ids[1])  # padded
+    # Unseen words fall back to byte symbols and decode back: nothing is unknown.
+    assert tokenizer.decode(ids[0], skip_special_tokens=True) == "zebra xylophone !"
+    # Whole words seen in training are single tokens.
+    assert len(tokenizer("circle")["input_ids"]) == 3
+    long = tokenizer(["circle " * 40], truncation=True)["input_ids"][0]
+    assert len(long) == 16 and long[-1] == tokenizer.eos_token_id  # EOS survives truncation
+
+
+def test_tokenizer_round_trips_through_auto_and_vocab_files(
+    tokenizer: CLIPTokenizer, tmp_path: Path
+) -> None:
+    save_tokenizer(tokenizer, tmp_path / "full")
+    again = AutoTokenizer.from_pretrained(tmp_path / "full")
+    text = ["a red circle, left of a zebra."]
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    # OpenAI-style vocab.json + merges.txt alone rebuild the same tokenizer.
+    (tmp_path / "files").mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tmp_path / "full" / name, tmp_path / "files" / name)
+    from_files = CLIPTokenizer(
+        vocab=str(tmp_path / "files" / "vocab.json"), merges=str(tmp_path / "files" / "merges.txt")
+    )
+    assert from_files(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_text_pooling_is_at_the_eos_token(tokenizer: CLIPTokenizer) -> None:
+    torch.manual_seed(0)
+    model = build_scenes_clip(TINY, tokenizer).eval()
+    assert model.config.text_config.eos_token_id == tokenizer.eos_token_id != 2
+    enc = tokenizer(["a red circle", "the blue square is left of the circle"], padding=True,
+                    return_tensors="pt")  # fmt: skip
+    out = model.text_model(**enc)
+    for i, ids in enumerate(enc["input_ids"].tolist()):
+        eos = ids.index(tokenizer.eos_token_id)  # first EOS; padding repeats it after
+        torch.testing.assert_close(out.pooler_output[i], out.last_hidden_state[i, eos])
+
+
+def test_clip_loss_prefers_aligned_pairs() -> None:
+    img = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    scale = torch.tensor(2.0)
+    aligned = clip_loss(img, img, scale)
+    shuffled = clip_loss(img, img.roll(1, dims=0), scale)
+    assert aligned < shuffled
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("world"), n=40, seed=1, image_size=48)
+
+
+def test_train_saves_hf_clip_that_load_clip_reads(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clip"
+    result = train_clip(world, out, TINY, ClipTrainConfig(epochs=2, batch_size=16))
+    saved = json.loads((out / "clip_eval.json").read_text())
+    assert saved["retrieval"] == result["retrieval"]
+    for query in ("description", "reference"):
+        assert {"R@1", "R@5", "R@10", "MedR"} <= set(saved["retrieval"][query])
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
+            "preprocessor_config.json"} <= {p.name for p in out.iterdir()}  # fmt: skip
+    bundle = load_clip(out)  # the same path as openai/clip-vit-base-patch32
+    assert bundle.projection_dim == TINY.projection_dim
+    embedder = ClipEmbedder(bundle)
+    texts = ["a red circle on grass.", "A photo depicts an unseen zebra"]
+    emb = embedder.embed_texts(texts)
+    torch.testing.assert_close(emb, encode_texts(bundle.model, bundle.tokenizer, texts))
+    from PIL import Image
+
+    assert embedder.embed_images([Image.new("RGB", (48, 48), "red")]).shape == (1, 128)
+
+
+def test_training_is_seeded(world: Path, tmp_path: Path) -> None:
+    cfg = ClipTrainConfig(epochs=1, batch_size=16, seed=5)
+    a = train_clip(world, tmp_path / "a", TINY, cfg)
+    b = train_clip(world, tmp_path / "b", TINY, cfg)
+    assert a["retrieval"] == b["retrieval"]
+    wa = load_clip(tmp_path / "a").model.state_dict()
+    wb = load_clip(tmp_path / "b").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_cli_train(world: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    args = ["clip", "train", "--dataset", str(world), "--out", str(out), "--epochs", "1",
+            "--batch-size", "16", "--hidden", "32", "--layers", "1", "--patch-size", "16",
+            "--image-size", "48"]  # fmt: skip
+    assert cli_main(args) == 0
+    assert "R@1" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["vision_config"]["patch_size"] == 16
+    assert config["vision_config"]["image_size"] == 48
+    assert config["text_config"]["hidden_size"] == 32

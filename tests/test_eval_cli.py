@@ -1,0 +1,158 @@
+"""`finecap evaluate` end to end on a small scenes world with a tiny random CLIP, its report,
+and its errors (malformed file, unknown id, missing image, incomplete predictions)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from finecap.cli import main
+from finecap.metrics.suite import list_metrics
+from helpers.tiny_models import make_tiny_clip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from finecap.scenes import generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    dataset = generate_world(root, n=40, val=2, test=10, image_size=32)
+    images = json.loads(dataset.read_text())["images"]
+    test = [e for e in images if e["split"] == "test"]
+    good = [{"image_id": e["imgid"], "caption": e["sentences"][1]["raw"]} for e in test]
+    bad = [{"image_id": e["imgid"], "caption": "a ball ball on on the the"} for e in test]
+    bad[0]["caption"] = ""  # empty captions are scored as empty
+    (root / "good.json").write_text(json.dumps(good))
+    (root / "bad.json").write_text(json.dumps(bad))
+    return {
+        "root": root,
+        "dataset": dataset,
+        "clip": make_tiny_clip(root),
+        "test_ids": [e["imgid"] for e in test],
+    }
+
+
+# Everything but METEOR, whose Java start-up takes ~10 s per system (the official tier's own
+# tests cover it).
+SELECTED = [
+    *("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "SPICE"),
+    *("clipscore", "retrieval", "finecapeval", "bertscore", "similarity", "diversity", "novelty"),
+]
+
+
+def _evaluate(world, *extra: str, out=None) -> list[str]:
+    out = out or world["root"] / "metrics.json"
+    return ["evaluate", "--dataset", str(world["dataset"]), "--out", str(out), *extra]
+
+
+def test_end_to_end_all_metrics(world, capsys):
+    root = world["root"]
+    args = _evaluate(
+        world,
+        "--predictions",
+        str(root / "good.json"),
+        f"degenerate={root / 'bad.json'}",
+        "--clip",
+        str(world["clip"]),
+        "--finecapeval",
+        str(root / "finecapeval.csv"),
+        "--reference-row",
+        "--refclip-variant",
+        "cho",
+        "--report",
+        str(root / "report.html"),
+        "--metrics",
+        ",".join(SELECTED),
+    )
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((root / "metrics.json").read_text())
+    assert set(doc) == {"systems", "unavailable", "settings"}
+    assert list(doc["systems"]) == ["good", "degenerate", "Reference"]
+    every = {m for g in list_metrics() for m in g.metrics} - {"METEOR"}
+    for name, scores in doc["systems"].items():
+        # every registered metric is either scored or listed unavailable with a reason
+        assert set(scores) | set(doc["unavailable"]) == every, name
+    assert all(isinstance(r, str) and r for r in doc["unavailable"].values())
+    good, bad = doc["systems"]["good"], doc["systems"]["degenerate"]
+    assert bad["Repetition"] == pytest.approx(0.9) and good["Repetition"] < 0.5
+    assert 0 <= good["R@1"] <= good["R@5"] <= good["R@10"] <= 1 and good["MedR"] >= 1
+    assert good["FineCapEval-object"] > bad["FineCapEval-object"]
+    if "CIDEr" in good:  # pycocoevalcap scale, not x100
+        assert 0 < good["CIDEr"] < 10 and 0 <= good["BLEU-4"] <= 1
+    settings = doc["settings"]
+    assert settings["refclip_variant"] == "cho" and settings["clip"] == str(world["clip"])
+    assert settings["split"] == "test" and settings["n_images"] == 10
+    assert settings["finecapeval_images"] == 10
+
+    # the terminal table: systems as rows, x100
+    header = next(line for line in out.splitlines() if line.startswith("system"))
+    row = next(line for line in out.splitlines() if line.startswith("degenerate"))
+    rep_col = header.split().index("Repetition")
+    assert row.split()[rep_col] == "90.0"
+
+    html = (root / "report.html").read_text()
+    assert "<table class='metrics'>" in html and "RefCLIP-S" in html
+    assert len(re.findall(r"src='data:image/jpeg;base64,", html)) == 10
+    assert "degenerate" in html and "<i>(empty)</i>" in html
+
+
+def test_list_metrics(capsys):
+    assert main(["evaluate", "--list-metrics"]) == 0
+    assert "clipscore" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "invalid JSON"),
+        ('{"image_id": 1}', "expected a list"),
+        ('[{"image_id": 1}]', 'missing key "caption"'),
+        (
+            '[{"image_id": 999999, "caption": "x"}]',
+            "image_id 999999 is not an image of the dataset",
+        ),
+    ],
+)
+def test_bad_predictions_files(world, tmp_path, capsys, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    assert main(_evaluate(world, "--predictions", str(path), "--metrics", "diversity")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "p.json" in err
+
+
+def test_incomplete_predictions(world, tmp_path, capsys):
+    ids = world["test_ids"]
+    path = tmp_path / "part.json"
+    path.write_text(json.dumps([{"image_id": i, "caption": "a ball"} for i in ids[:7]]))
+    assert main(_evaluate(world, "--predictions", str(path), "--metrics", "diversity")) == 2
+    err = capsys.readouterr().err
+    assert f"3 of 10 test images have no caption (image_id {ids[7]}, {ids[8]}, {ids[9]})" in err
+    out = tmp_path / "m.json"
+    args = ["--predictions", str(path), "--metrics", "diversity", "--allow-missing"]
+    assert main(_evaluate(world, *args, out=out)) == 0
+    assert json.loads(out.read_text())["settings"]["n_images"] == 7
+
+
+def test_missing_image_names_the_file(world, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(world["root"] / "images", root / "images")
+    (root / "images" / "scene_000039.png").unlink()
+    args = _evaluate(world, "--predictions", str(world["root"] / "good.json"))
+    args += ["--images", str(root), "--clip", str(world["clip"]), "--metrics", "CLIP-S"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 image files not found (image_id 39: " in err and "scene_000039.png" in err
+
+
+def test_unknown_metric_and_split(world, capsys):
+    pred = str(world["root"] / "good.json")
+    assert main(_evaluate(world, "--predictions", pred, "--metrics", "BLEU-9")) == 2
+    assert "unknown metric or group 'BLEU-9'" in capsys.readouterr().err
+    assert main(_evaluate(world, "--predictions", pred, "--split", "dev")) == 2
+    assert "unknown split 'dev'" in capsys.readouterr().err

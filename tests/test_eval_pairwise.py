@@ -1,0 +1,166 @@
+"""Human pairwise evaluation: page building, un-blinding tally, and the page driven in headless
+Chromium as an annotator would use it (needs Debian `chromium` + `chromium-driver`, pip
+`selenium`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from PIL import Image
+
+from finecap.cli import main
+from finecap.pairwise import CRITERIA, JUDGMENTS_FORMAT, format_tally, make_items, tally
+
+
+@pytest.fixture()
+def two_systems(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    a, b = [], []
+    for i in range(6):
+        Image.new("RGB", (40, 30), (40 * i, 100, 200)).save(images / f"COCO_val2014_{i:012d}.jpg")
+        a.append({"image_id": i, "caption": f"system a caption {i} </script><!-- &amp;"})
+        b.append({"image_id": i, "caption": f"system b caption {i}"})
+    (tmp_path / "A.json").write_text(json.dumps(a))
+    (tmp_path / "B.json").write_text(json.dumps(b))
+    return tmp_path
+
+
+def test_items_are_seeded_and_blind(two_systems):
+    a = {i: f"a{i}" for i in range(6)}
+    b = {i: f"b{i}" for i in range(6)}
+    paths = {i: p for i, p in enumerate(sorted((two_systems / "images").iterdir()))}
+    items = make_items(a, b, paths, n=4, seed=3)
+    assert [it.image_id for it in items] == [it.image_id for it in make_items(a, b, paths, 4, 3)]
+    assert len(items) == 4 and {it.a_side for it in make_items(a, b, paths, 6, 0)} == {
+        "left",
+        "right",
+    }
+    for it in items:
+        shown_a = it.left if it.a_side == "left" else it.right
+        assert shown_a == f"a{it.image_id}" and it.image_uri.startswith("data:image/jpeg;base64,")
+
+
+def test_tally_unblinds():
+    doc = {
+        "format": JUDGMENTS_FORMAT,
+        "a": "A",
+        "b": "B",
+        "items": [
+            {"item": 0, "a_side": "left", "choices": dict.fromkeys(CRITERIA, "left")},
+            {"item": 1, "a_side": "right", "choices": dict.fromkeys(CRITERIA, "left")},
+            {
+                "item": 2,
+                "a_side": "right",
+                "choices": {**dict.fromkeys(CRITERIA), "overall": "tie"},
+            },
+        ],
+    }
+    t = tally([doc])
+    assert t.counts["overall"] == {"A": 1, "B": 1, "tie": 1}
+    assert t.counts["object"] == {"A": 1, "B": 1, "tie": 0}  # unanswered left out
+    assert t.percentages()["object"]["A"] == 50.0
+    assert "A wins" in format_tally(t)
+
+
+def test_make_cli_errors(two_systems, capsys):
+    out = two_systems / "page.html"
+    assert main(["pairwise", "make", "--a", str(two_systems / "A.json"), "--b",
+                 str(two_systems / "B.json"), "--out", str(out)]) == 2  # fmt: skip
+    assert "--images" in capsys.readouterr().err
+    (two_systems / "images" / "COCO_val2014_000000000003.jpg").unlink()
+    args = ["pairwise", "make", "--a", str(two_systems / "A.json"), "--b"]
+    args += [
+        str(two_systems / "B.json"),
+        "--images",
+        str(two_systems / "images"),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 2
+    assert "1 images not found (image_id 3" in capsys.readouterr().err
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian chromium + chromium-driver")
+def test_page_in_headless_chromium(two_systems, tmp_path, capsys):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs pip selenium")
+    from selenium.webdriver.common.by import By
+
+    page = two_systems / "page.html"
+    a = f"modelA={two_systems / 'A.json'}"
+    args = ["pairwise", "make", "--a", a, "--b", str(two_systems / "B.json"), "--images"]
+    args += [str(two_systems / "images"), "--n", "5", "--seed", "1", "--out", str(page)]
+    assert main(args) == 0
+    data = json.loads(page.read_text().split("id='pairwise-data'>")[1].split("</script>")[0])
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ]:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
+    service = webdriver.ChromeService(executable_path=driver_path)
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.execute_cdp_cmd(
+            "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+        )
+        driver.get(page.as_uri())
+        assert driver.find_element(By.ID, "progress").text == "0 of 5 images done"
+        assert "</script><!-- &amp;" in driver.find_element(By.ID, "item-0").text  # escaped
+        # Annotator prefers system A on every criterion of every image, except ties on "relation"
+        # of the first image; they see only "Caption 1"/"Caption 2", so click by A's hidden side.
+        for it in data["items"]:
+            for c in CRITERIA:
+                choice = "tie" if (it["item"] == 0 and c == "relation") else it["a_side"]
+                driver.find_element(By.ID, f"i{it['item']}-{c}-{choice}").click()
+        driver.find_element(By.ID, "annotator").send_keys("tester")
+        assert driver.find_element(By.ID, "progress").text == "5 of 5 images done"
+        driver.find_element(By.ID, "save").click()
+        saved = driver.find_element(By.ID, "judgments-json").get_attribute("value")
+        for _ in range(50):  # the Blob download lands asynchronously
+            if (downloads / "judgments.json").exists():
+                break
+            time.sleep(0.1)
+    finally:
+        driver.quit()
+
+    doc = json.loads(saved)
+    assert doc["annotator"] == "tester" and doc["a"] == "modelA" and doc["b"] == "B"
+    judgments = tmp_path / "judgments-1.json"
+    judgments.write_text(saved)
+    downloaded = downloads / "judgments.json"  # the Blob download link works too
+    assert json.loads(downloaded.read_text()) == doc
+
+    capsys.readouterr()
+    assert main(["pairwise", "tally", str(tmp_path / "judgments-*.json")]) == 0
+    out = capsys.readouterr().out
+    assert "A = modelA, B = B" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert rows["overall"] == ["100.0%", "0.0%", "0.0%", "5"]
+    assert rows["relation"] == ["80.0%", "0.0%", "20.0%", "5"]

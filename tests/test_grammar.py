@@ -1,0 +1,191 @@
+"""Grammar head: each negative operation does exactly what it says, the head's shape, the frozen
+vision tower, and train -> save -> load -> score end to end on a tiny world."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.helpers.tiny_models import make_tiny_clip
+
+from finecap.cli import main as cli_main
+from finecap.clip import load_clip
+from finecap.clip.grammar import (
+    NEGATIVES,
+    GrammarConfig,
+    GrammarHead,
+    GrammarModel,
+    GrammarTask,
+    GrammarTrainConfig,
+    freeze_vision,
+    insert_words,
+    make_negative,
+    remove_ngram,
+    repeat_ngram,
+    shuffle_words,
+    swap_words,
+    train_grammar,
+)
+from finecap.clip.train import ClipTrainConfig, ScenesClipConfig, train_clip
+from finecap.scenes import generate_world
+
+WORDS = ["a", "small", "red", "circle", "is", "left", "of", "a", "large", "blue", "square"]
+VOCAB = ["red", "blue", "circle", "square", "on", "grass", "the", "a"]
+SEEDS = range(300)
+
+
+def _is_subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(w in it for w in short)
+
+
+def test_repeat_inserts_adjacent_copies_of_one_ngram() -> None:
+    for seed in SEEDS:
+        out = repeat_ngram(WORDS, VOCAB, random.Random(seed))
+        matches = [
+            (i, n, r)
+            for n in (1, 2, 3)
+            for r in (1, 2, 3)
+            for i in range(len(WORDS) - n + 1)
+            if out == WORDS[: i + n] + WORDS[i : i + n] * r + WORDS[i + n :]
+        ]
+        assert matches, out
+
+
+def test_remove_drops_n_consecutive_words() -> None:
+    for seed in SEEDS:
+        out = remove_ngram(WORDS, VOCAB, random.Random(seed))
+        n = len(WORDS) - len(out)
+        assert 1 <= n <= 3
+        assert any(out == WORDS[:i] + WORDS[i + n :] for i in range(len(WORDS) - n + 1))
+    assert remove_ngram(["one"], VOCAB, random.Random(0)) is None
+    assert remove_ngram(["a", "b"], VOCAB, random.Random(0)) in (["a"], ["b"])
+
+
+def test_insert_adds_one_to_three_vocabulary_words() -> None:
+    for seed in SEEDS:
+        out = insert_words(WORDS, VOCAB, random.Random(seed))
+        assert 1 <= len(out) - len(WORDS) <= 3
+        assert _is_subsequence(WORDS, out)
+        extra = Counter(out) - Counter(WORDS)
+        assert set(extra) <= set(VOCAB) and sum(extra.values()) == len(out) - len(WORDS)
+
+
+def test_swap_replaces_one_to_three_words_by_other_vocabulary_words() -> None:
+    for seed in SEEDS:
+        out = swap_words(WORDS, VOCAB, random.Random(seed))
+        changed = [i for i, (a, b) in enumerate(zip(WORDS, out, strict=True)) if a != b]
+        assert 1 <= len(changed) <= 3
+        assert all(out[i] in VOCAB for i in changed)
+
+
+def test_shuffle_permutes_and_always_differs() -> None:
+    for seed in SEEDS:
+        out = shuffle_words(["a", "b"], VOCAB, random.Random(seed))
+        assert out == ["b", "a"]
+        out = shuffle_words(WORDS, VOCAB, random.Random(seed))
+        assert sorted(out) == sorted(WORDS) and out != WORDS
+    assert shuffle_words(["a", "a", "a"], VOCAB, random.Random(0)) is None
+
+
+def test_make_negative_is_uniform_and_always_differs() -> None:
+    rng = random.Random(0)
+    kinds = Counter()
+    for _ in range(2500):
+        neg, kind = make_negative("A small red circle, left of a large blue square.", VOCAB, rng)
+        assert neg != " ".join(WORDS)
+        kinds[kind] += 1
+    assert set(kinds) == set(NEGATIVES)
+    assert all(400 < c < 600 for c in kinds.values()), kinds  # 500 expected each
+    # A one-word caption cannot be shuffled or shortened: another kind is drawn instead.
+    for _ in range(50):
+        neg, kind = make_negative("dog", VOCAB, rng)
+        assert kind in {"repeat", "insert", "swap"} and neg != "dog"
+    with pytest.raises(ValueError):
+        make_negative("dog", VOCAB, rng, kind="shuffle")
+
+
+def test_head_is_two_layer_mlp_without_biases() -> None:
+    head = GrammarHead(24)
+    shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    assert shapes == {"net.0.weight": (24, 24), "net.2.weight": (2, 24)}
+    assert head(torch.randn(5, 24)).shape == (5, 2)
+
+
+def test_training_step_leaves_vision_tower_frozen(tmp_path: Path) -> None:
+    bundle = load_clip(make_tiny_clip(tmp_path))
+    clip = bundle.model
+    freeze_vision(clip)
+    frozen = [*clip.vision_model.parameters(), *clip.visual_projection.parameters()]
+    assert all(not p.requires_grad for p in frozen)
+    dim = clip.config.text_config.hidden_size
+    model = GrammarModel(bundle, GrammarHead(dim), GrammarConfig(hidden_size=dim))
+    task = GrammarTask(
+        model, torch.nn.functional.normalize(torch.randn(4, 16), dim=-1), GrammarTrainConfig()
+    )
+    task.log_dict = lambda *a, **k: None  # no trainer attached
+    model.train()
+    batch = (
+        torch.arange(4),
+        ["a red dog", "a cat", "the man", "a big table"],
+        ["dog dog", "a", "man the", "a a"],
+    )
+    task.training_step(batch, 0).backward()
+    assert all(p.grad is None for p in frozen)
+    assert clip.logit_scale.grad is None
+    text_grads = [p.grad for p in clip.text_model.parameters()]
+    assert all(g is not None for g in text_grads) and any(g.abs().sum() > 0 for g in text_grads)
+    assert all(p.grad is not None for p in model.head.parameters())
+    assert clip.text_projection.weight.grad is not None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("world"), n=40, seed=3, image_size=48)
+
+
+@pytest.fixture(scope="module")
+def scenes_clip(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clip") / "clip"
+    arch = ScenesClipConfig(
+        image_size=48, vision_hidden=32, text_hidden=32, vision_layers=1, text_layers=1
+    )
+    train_clip(world, out, arch, ClipTrainConfig(epochs=1, batch_size=16))
+    return out
+
+
+def test_train_save_load_score(world: Path, scenes_clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grammar"
+    cfg = GrammarTrainConfig(epochs=2, batch_size=16)
+    result = train_grammar(scenes_clip, world, out, cfg)
+    acc = result["accuracy"]
+    assert set(NEGATIVES) | {"fluent_reference", "overall"} <= set(acc)
+    assert json.loads((out / "grammar_eval.json").read_text())["accuracy"] == acc
+    # The folder is an ordinary Hugging Face CLIP, plus the head.
+    bundle = load_clip(out)
+    before = load_clip(scenes_clip).model.state_dict()
+    after = bundle.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision_model"))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("text_model"))
+    assert set(load_file(out / "grammar_head.safetensors")) == {"net.0.weight", "net.2.weight"}
+    model = GrammarModel.from_pretrained(out)
+    g = model.score(["a red circle on grass.", "circle circle red red", ""])
+    assert g.shape == (3,) and ((g >= 0) & (g <= 1)).all()
+    # Normalisation: case and punctuation do not change the score.
+    torch.testing.assert_close(model.score(["A red circle."]), model.score(["a red circle"]))
+
+
+def test_cli_score(world: Path, scenes_clip: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "g"
+    assert cli_main(["grammar", "train", "--clip", str(scenes_clip), "--dataset", str(world),
+                     "--out", str(out), "--epochs", "1", "--batch-size", "16"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli_main(["grammar", "score", "--model", str(out), "a red circle", "red red"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["a red circle", "red red"]
+    assert all(0 <= float(line.split("\t")[0]) <= 1 for line in lines)
