@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from finecap.models import (
     create_decoder,
 )
 from finecap.scenes import generate_world
+from machine_info import machine
 
 MAX_LEN = 16
 BATCH = 32
@@ -230,15 +229,6 @@ def ratios(rows: list[Row]) -> list[str]:
                         f"**{on.rate / off.rate:.1f}x** faster than re-running the prefix"
                     )
     return lines
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, nproc {os.cpu_count()}"
 
 
 def report(rows: list[Row], argv: list[str], load: tuple[float, float], runs: int) -> str:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 
 from finecap.metrics.cider import CiderD, cider_d
 from finecap.metrics.tokenizer import tokenize_captions
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,17 +39,6 @@ def load_grammar():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                     if line.startswith("Model name"))  # fmt: skip
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{model}, {os.cpu_count()} logical CPUs (nproc){load}"
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:

@@ -14,29 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine_info import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny-CLIP builder lives with the test helpers
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln),
-            platform.processor(),
-        )
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "unknown CPU"
-    load = f", load average {os.getloadavg()[0]:.1f} at start"
-    return f"{model}, nproc {os.cpu_count()}{load}, Python {platform.python_version()}"
 
 
 def build_data(work: Path, n: int, train: int, image_size: int):

@@ -12,10 +12,8 @@ bench/results/rewards.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,20 +23,9 @@ import torch
 from finecap.data.formats import load_corpus
 from finecap.rewards import RewardBatch, create_reward
 from finecap.rewards.clip_rewards import ClipScorer
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{model}, nproc {nproc}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def make_batch(dataset: Path, b: int, k: int, seed: int = 0) -> RewardBatch:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from bench_rewards import machine
 from finecap.captioner import Captioner
 from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
@@ -29,6 +28,7 @@ from finecap.decoding import SamplingConfig, greedy, sample
 from finecap.models import CaptionModel, DecoderConfig, EncoderOutput, create_decoder
 from finecap.rewards import RewardBatch, create_reward
 from finecap.train.scst import mean_of_others, policy_gradient_loss
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 

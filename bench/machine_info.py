@@ -1,0 +1,23 @@
+"""The machine line every benchmark prints: CPU model, cores, load, torch threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln)
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
+    try:
+        import torch
+
+        threads = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        threads = ""
+    return f"{model}, nproc {os.cpu_count()}{load}, Python {platform.python_version()}{threads}"
