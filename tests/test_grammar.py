@@ -22,6 +22,7 @@ from finecap.clip.grammar import (
     GrammarModel,
     GrammarTask,
     GrammarTrainConfig,
+    first_occurrences,
     freeze_vision,
     insert_words,
     make_negative,
@@ -107,7 +108,20 @@ def test_make_negative_is_uniform_and_always_differs() -> None:
         neg, kind = make_negative("dog", VOCAB, rng)
         assert kind in {"repeat", "insert", "swap"} and neg != "dog"
     with pytest.raises(ValueError):
-        make_negative("dog", VOCAB, rng, kind="shuffle")
+        make_negative("dog", VOCAB, rng, kinds=["shuffle"])
+
+
+def test_make_negative_never_returns_a_known_fluent_caption() -> None:
+    rng = random.Random(1)
+    fluent = {"one triangle", "black triangle", "one black"}  # every 1-word removal
+    for _ in range(200):
+        neg, _ = make_negative("one black triangle", VOCAB, rng, ["remove"], fluent)
+        assert neg not in fluent
+        assert neg in {"one", "black", "triangle"}  # what is left: 2-word removals
+
+
+def test_first_occurrences() -> None:
+    assert first_occurrences(torch.tensor([3, 1, 3, 2, 1])).tolist() == [0, 1, 3]
 
 
 def test_head_is_two_layer_mlp_without_biases() -> None:

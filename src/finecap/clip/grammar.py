@@ -12,7 +12,10 @@ fluent captions from corrupted ones, and add its probability g(c) to the reward.
   (before the projection); g(c) = softmax(head)[1].
 - Loss: CLIP contrastive (text tower vs the frozen image tower) + cross-entropy of the head,
   1:1. The vision tower and its projection stay frozen, so the fine-tuned text encoder still
-  lives in the original CLIP's embedding space. AdamW lr 1e-4, weight decay 0.01.
+  lives in the original CLIP's embedding space. AdamW, weight decay 0.01; Cho et al. use lr
+  1e-4 on a pretrained ViT-B/32 over COCO. Our default is 5e-4: the 4-layer scenes CLIP gets
+  ~1,900 steps (6 passes over 20k references) and reached 0.92 held-out accuracy at 1e-4 vs
+  0.97 at 5e-4 (5,000-image scenes world, seed 0). `lr=1e-4` restores the reference.
 
 Text is normalised to lower-case words without punctuation (`simple_tokenize`) before the
 head sees it, for positives, negatives and at scoring time alike: otherwise "has a final
@@ -28,7 +31,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,7 @@ from finecap.clip.train import (
     descriptions_of,
     encode_pixels,
     pooled_texts,
+    retrieval_eval,
 )
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.data.vocab import simple_tokenize
@@ -131,21 +135,29 @@ def normalize_caption(text: str) -> str:
 
 
 def make_negative(
-    text: str, vocab: Sequence[str], rng: random.Random, kind: str | None = None
+    text: str,
+    vocab: Sequence[str],
+    rng: random.Random,
+    kinds: Sequence[str] | None = None,
+    fluent: Collection[str] = frozenset(),
 ) -> tuple[str, str]:
-    """(negative, kind): `text` corrupted by one operation, uniform over NEGATIVES unless `kind`.
+    """(negative, kind): `text` corrupted by ONE operation drawn uniformly from `kinds`
+    (default: all of NEGATIVES).
 
-    An operation that cannot apply to this caption is redrawn (a different kind when `kind` is
-    None); the result always differs from the normalised original.
+    The draw is repeated when the operation cannot apply to this caption (shuffling one word),
+    when the result equals the normalised original, or when it is a known fluent caption
+    (`fluent`: normalised training captions). The last guard matters on templated text:
+    removing "black" from "one black triangle" gives "one triangle", itself a reference, and
+    a negative that is literally a human caption is a wrong label. On COCO it rarely fires.
     """
     words = simple_tokenize(text)
     if not words:
         raise ValueError("cannot corrupt an empty caption")
-    kinds = [kind] if kind else list(NEGATIVES)
-    for _ in range(50):
+    kinds = list(kinds or NEGATIVES)
+    for _ in range(100):
         k = rng.choice(kinds)
         out = NEGATIVES[k](words, vocab, rng)
-        if out is not None and out != words:
+        if out is not None and out != words and " ".join(out) not in fluent:
             return " ".join(out), k
     raise ValueError(f"no negative of kind {kinds} exists for {text!r}")
 
@@ -242,9 +254,9 @@ def freeze_vision(clip: nn.Module) -> None:
 
 @dataclass
 class GrammarTrainConfig:
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 1e-4  # Cho et al.'s AdamW settings
+    epochs: int = 6  # an epoch visits every training reference once
+    batch_size: int = 64
+    lr: float = 5e-4  # reference: 1e-4 (see the module docstring)
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     description_prob: float = 0.3  # positives: a description (long, fluent) or a reference
@@ -256,28 +268,45 @@ class GrammarTrainConfig:
 
 
 class CaptionNegatives(Dataset):
-    """Per image and epoch: (image index, fluent caption, negative caption)."""
+    """One item per training reference and epoch: (image index, fluent caption, negative).
+
+    With probability `description_prob` the fluent caption is one of the image's detailed
+    descriptions instead of the reference (a CLIP-rewarded captioner drifts toward long,
+    detailed captions, which must still read as fluent).
+    """
 
     def __init__(self, records: list[ImageRecord], vocab: list[str], cfg: GrammarTrainConfig):
         self.records, self.vocab, self.cfg = records, vocab, cfg
+        self.items = [
+            (i, normalize_caption(c))
+            for i, r in enumerate(records)
+            for c in r.captions
+            if simple_tokenize(c)
+        ]
+        self.fluent = fluent_captions(records)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, str, str]:
-        rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
-        record = self.records[i]
-        descriptions = descriptions_of(record)
-        refs = [c for c in record.captions if simple_tokenize(c)]
-        use_description = descriptions and (not refs or rng.random() < self.cfg.description_prob)
-        positive = normalize_caption(rng.choice(descriptions if use_description else refs))
-        kind = rng.choice(self.cfg.kinds)
-        negative, _ = make_negative(positive, self.vocab, rng, kind=kind)
+    def __getitem__(self, n: int) -> tuple[int, str, str]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + n)
+        i, positive = self.items[n]
+        descriptions = descriptions_of(self.records[i])
+        if descriptions and rng.random() < self.cfg.description_prob:
+            positive = normalize_caption(rng.choice(descriptions))
+        negative, _ = make_negative(positive, self.vocab, rng, self.cfg.kinds, self.fluent)
         return i, positive, negative
+
+
+def fluent_captions(records: list[ImageRecord]) -> frozenset[str]:
+    """Every normalised reference and description of `records`: known fluent text."""
+    return frozenset(
+        normalize_caption(t) for r in records for t in [*r.captions, *descriptions_of(r)]
+    )
 
 
 class GrammarTask(L.LightningModule):
@@ -297,7 +326,8 @@ class GrammarTask(L.LightningModule):
         pooled = self.model.pooled(list(positives) + list(negatives))  # (2B, d)
         b = len(positives)
         txt = F.normalize(clip.text_projection(pooled[:b]), dim=-1)  # (B, P)
-        contrastive = clip_loss(self.image_features[index], txt, clip.logit_scale)
+        first = first_occurrences(index)  # two references of one image are not negatives
+        contrastive = clip_loss(self.image_features[index[first]], txt[first], clip.logit_scale)
         labels = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(pooled.device)
         logits = self.model.head(pooled)  # (2B, 2)
         grammar = F.cross_entropy(logits, labels)
@@ -319,6 +349,13 @@ class GrammarTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def first_occurrences(index: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct value in `index` (B,)."""
+    seen: set[int] = set()
+    keep = [i for i, v in enumerate(index.tolist()) if not (v in seen or seen.add(v))]
+    return torch.tensor(keep, dtype=torch.long)
+
+
 def caption_vocabulary(records: list[ImageRecord]) -> list[str]:
     """Sorted word list of the training references and descriptions (the random-word pool)."""
     words = {
@@ -329,13 +366,18 @@ def caption_vocabulary(records: list[ImageRecord]) -> list[str]:
 
 @torch.no_grad()
 def grammar_eval(
-    model: GrammarModel, records: list[ImageRecord], vocab: list[str], seed: int = 0
+    model: GrammarModel,
+    records: list[ImageRecord],
+    vocab: list[str],
+    seed: int = 0,
+    fluent: Collection[str] = frozenset(),
 ) -> dict[str, float]:
     """Held-out accuracy: fluent references, fluent descriptions, each negative kind, overall.
 
     Per image: its first reference and first description (fluent), and one negative of each
-    kind made from the first reference. `overall` weighs fluent and corrupted captions 1:1
-    (mean of the fluent accuracy and the mean over negative kinds), the balance of training.
+    kind made from the first reference (never one of the `fluent` captions, as in training).
+    `overall` weighs fluent and corrupted captions 1:1 (mean of the fluent accuracy and the
+    mean over negative kinds), the balance of training.
     """
     rng = random.Random(seed)
     sets: dict[str, list[str]] = {"fluent_reference": [], "fluent_description": []}
@@ -346,7 +388,7 @@ def grammar_eval(
             sets["fluent_reference"].append(refs[0])
             for kind in NEGATIVES:
                 with contextlib.suppress(ValueError):  # e.g. shuffling a one-word caption
-                    sets[kind].append(make_negative(refs[0], vocab, rng, kind=kind)[0])
+                    sets[kind].append(make_negative(refs[0], vocab, rng, [kind], fluent)[0])
         sets["fluent_description"] += descriptions_of(r)[:1]
     acc = {}
     for name, texts in sets.items():
@@ -381,7 +423,7 @@ def train_grammar(
     train_records = [
         r for r in corpus.split("train") if any(simple_tokenize(c) for c in r.captions)
     ]
-    eval_records = corpus.split(cfg.eval_split)
+    eval_records = [r for r in corpus.split(cfg.eval_split) if r.captions]
     vocab = caption_vocabulary(train_records)
 
     bundle = load_clip(str(clip_path))
@@ -393,7 +435,8 @@ def train_grammar(
     started = time.perf_counter()
     with torch.no_grad():  # the image tower is frozen: its features are computed once
         clip.eval()
-        pixels = RecordPixels(corpus, train_records, bundle.image_processor, cache_limit_bytes=0)
+        processor = bundle.image_processor
+        pixels = RecordPixels(corpus, train_records, processor, cache_limit_bytes=0)
         feats = torch.cat([encode_pixels(clip, p) for p in pixels.batches()])  # (N, P)
     prep_s = time.perf_counter() - started
 
@@ -422,13 +465,24 @@ def train_grammar(
 
     model = model.cpu().eval()
     model.save_pretrained(out_dir)
+    known_fluent = fluent_captions(train_records) | fluent_captions(eval_records)
     result = {
         "clip": str(clip_path),
         "dataset": str(dataset),
         "eval_split": cfg.eval_split,
         "n_train": len(train_records),
         "n_eval": len(eval_records),
-        "accuracy": grammar_eval(model, eval_records, vocab, seed=cfg.seed),
+        # Negatives that are known fluent captions (train or held-out) are redrawn, as in
+        # training; the unfiltered numbers show how often templated text makes them fluent.
+        "accuracy": grammar_eval(model, eval_records, vocab, cfg.seed, known_fluent),
+        "accuracy_unfiltered": grammar_eval(model, eval_records, vocab, cfg.seed),
+        # The fine-tuned text tower must still retrieve (vision tower frozen, same space).
+        "retrieval": retrieval_eval(
+            model.clip,
+            model.bundle.tokenizer,
+            RecordPixels(corpus, eval_records, processor),
+            eval_records,
+        ),
         "preprocess_seconds": round(prep_s, 1),
         "train_seconds": round(train_s, 1),
         "train_cpu_seconds": round(train_cpu_s, 1),

@@ -12,10 +12,12 @@ exactly like `openai/clip-vit-base-patch32`. The tokenizer is a byte-level BPE i
 format (vocab.json + merges.txt, `</w>` word ends, all 256 bytes in the vocabulary), learned on
 the dataset's text: any word, seen or not, tokenizes without an unknown token.
 
-Why descriptions: the scenes world's reference captions are generic ("a red circle and other
-shapes"); its descriptions name every object, attribute and relation. A CLIP trained mostly on
-descriptions retrieves an image far better from a detailed text than from a generic one, which
-is the gap CLIP-guided RL exploits. `clip_eval.json` measures it on the test split.
+Why descriptions: the scenes world's reference captions are generic ("one black triangle");
+its descriptions name every object, attribute and relation ("a small black dotted triangle and
+a small red dotted hexagon on water. the red hexagon is above the black triangle."). A CLIP
+trained mostly on descriptions retrieves an image far better from a detailed text than from a
+generic one, which is the gap CLIP-guided RL exploits. `clip_eval.json` measures it on the
+test split.
 """
 
 from __future__ import annotations

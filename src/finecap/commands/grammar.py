@@ -22,9 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--clip", required=True, help="CLIP folder or hub name to start from")
     train.add_argument("--dataset", required=True, help="dataset file (train split used)")
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--epochs", type=int, help="default 8")
-    train.add_argument("--batch-size", type=int, help="default 128")
-    train.add_argument("--lr", type=float, help="default 1e-4 (AdamW, weight decay 0.01)")
+    train.add_argument("--epochs", type=int, help="passes over the training references (default 6)")
+    train.add_argument("--batch-size", type=int, help="default 64")
+    train.add_argument(
+        "--lr", type=float, help="AdamW lr (default 5e-4; Cho et al.: 1e-4), weight decay 0.01"
+    )
     train.add_argument(
         "--description-prob", type=float, help="positives drawn from descriptions (0.3)"
     )
