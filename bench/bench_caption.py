@@ -42,24 +42,12 @@ from finecap.models import (
     ModelConfig,
     create_decoder,
 )
+from finecap.models.transformer import Uncached
 from finecap.scenes import generate_world
 from machine_info import machine
 
 MAX_LEN = 16
 BATCH = 32
-
-
-class Uncached:
-    """A transformer decoder through its uncached path (re-runs the prefix every step)."""
-
-    def __init__(self, decoder) -> None:
-        self.decoder = decoder
-
-    def init_state(self, enc):
-        return self.decoder.init_state(enc, cache=False)
-
-    def step(self, tokens, state):
-        return self.decoder.step(tokens, state)
 
 
 def has_kv_cache(decoder) -> bool:

@@ -17,6 +17,7 @@ from finecap.decoding import (
     sample,
 )
 from finecap.models import EncoderOutput, StepOutput, list_decoders
+from finecap.models.transformer import Uncached
 from helpers.tiny_captioners import make_tiny_captioner, random_images
 
 EOS, PAD = Vocab.eos_id, Vocab.pad_id
@@ -37,19 +38,6 @@ def _model_and_features(decoder: str, n: int = 3, seed: int = 0):
     with torch.no_grad():
         enc = model.encode(model.encoder.preprocess(random_images(n, seed=seed)))
     return model, enc
-
-
-class Uncached:
-    """The transformer decoder through its uncached path, behind the same contract."""
-
-    def __init__(self, decoder) -> None:
-        self.decoder = decoder
-
-    def init_state(self, enc):
-        return self.decoder.init_state(enc, cache=False)
-
-    def step(self, tokens, state):
-        return self.decoder.step(tokens, state)
 
 
 class CycleDecoder:

@@ -40,16 +40,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from finecap.clip.train import (
     CLIP_PROMPT,
-    EpochSummary,
     RecordPixels,
     clip_loss,
     cosine_schedule,
     descriptions_of,
     encode_pixels,
+    loader_and_trainer,
     pooled_texts,
     retrieval_eval,
 )
@@ -441,23 +441,7 @@ def train_grammar(
     prep_s = time.perf_counter() - started
 
     data = CaptionNegatives(train_records, vocab, cfg)
-    loader = DataLoader(
-        data,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(data) > cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=[EpochSummary()],
-    )
+    loader, trainer = loader_and_trainer(data, cfg)
     model.train()  # CLIP has no dropout; this only keeps Lightning from warning
     started, cpu_started = time.perf_counter(), time.process_time()
     trainer.fit(GrammarTask(model, feats, cfg), loader)

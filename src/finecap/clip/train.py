@@ -413,6 +413,28 @@ def retrieval_eval(
 # --------------------------------------------------------------------------- entry point
 
 
+def loader_and_trainer(data: Dataset, cfg) -> tuple[DataLoader, L.Trainer]:  # noqa: ANN001
+    """Seeded shuffled batches and a log-free trainer, shared by CLIP and grammar training."""
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(data) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        callbacks=[EpochSummary()],
+    )
+    return loader, trainer
+
+
 def train_clip(
     dataset: str | Path,
     out_dir: str | Path,
@@ -452,23 +474,7 @@ def train_clip(
     prep_s = time.perf_counter() - started
 
     data = ImageTextPairs(train_pixels, train_records, cfg)
-    loader = DataLoader(
-        data,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(data) > cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=[EpochSummary()],
-    )
+    loader, trainer = loader_and_trainer(data, cfg)
     started, cpu_started = time.perf_counter(), time.process_time()
     trainer.fit(ClipTask(model, tokenizer, cfg), loader)
     train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started

@@ -170,3 +170,17 @@ class TransformerDecoder(Decoder):
     def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
         logits, weights = self._full(tokens, self.init_state(enc, cache=False))
         return DecoderOutput(logits, weights)
+
+
+class Uncached:
+    """A transformer decoder through its uncached path (re-runs the prefix every step), behind
+    the decoder contract: for checking that the KV cache changes nothing and measuring its gain."""
+
+    def __init__(self, decoder: TransformerDecoder) -> None:
+        self.decoder = decoder
+
+    def init_state(self, enc: EncoderOutput) -> State:
+        return self.decoder.init_state(enc, cache=False)
+
+    def step(self, tokens: Tensor, state: State) -> StepOutput:
+        return self.decoder.step(tokens, state)
