@@ -219,6 +219,16 @@ def ratios(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _load_note(load: tuple[float, float]) -> str:
+    seen = f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
+    if max(load) <= (os.cpu_count() or 1) + 0.5:  # about the benchmark's own threads
+        return f"Quiet machine ({seen}, on {os.cpu_count()} cores)."
+    return (
+        f"**Shared machine** ({seen}, on {os.cpu_count()} cores): other jobs ran at the same "
+        "time, so absolute numbers are pessimistic and noisy; the ratios are the point."
+    )
+
+
 def report(rows: list[Row], argv: list[str], load: tuple[float, float], runs: int) -> str:
     header = (
         "| model | decoding | KV cache | batch | images | median s | images/s | ms/image |\n"
@@ -235,10 +245,7 @@ def report(rows: list[Row], argv: list[str], load: tuple[float, float], runs: in
             f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"median of {runs} runs after a warm-up run.",
             "",
-            f"**Shared machine**: other developers' jobs ran at the same time (1-minute load "
-            f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
-            f"{os.cpu_count()} cores), so absolute numbers are pessimistic and noisy; the ratios "
-            "are the point. Rerun on an idle machine for absolute figures.",
+            _load_note(load),
             "",
             "Random-weight models have <eos> suppressed: every caption is max_len = "
             f"{MAX_LEN} words (plus <eos>). The scenes row is end to end (preprocess + encoder + "

@@ -48,8 +48,8 @@ class CycleDecoder:
 
     preferences = torch.tensor([-9.0, -9.0, -8.0, -3.0, 0.0, 0.0, -1.0, -1.5, -2.0, -2.5])
 
-    def init_state(self, enc: EncoderOutput):
-        return {"t": torch.zeros(enc.pooled.shape[0], dtype=torch.long)}
+    def init_state(self, enc: EncoderOutput, group: int = 1):
+        return {"t": torch.zeros(enc.pooled.shape[0] * group, dtype=torch.long)}
 
     def step(self, tokens, state) -> StepOutput:
         logits = self.preferences.repeat(tokens.shape[0], 1)
@@ -119,6 +119,57 @@ def test_n_best_is_ordered_distinct_and_scored_by_its_words(decoder: str) -> Non
     torch.testing.assert_close(out.scores, out.logprobs.sum(1))
     assert out.attention.shape[:2] == out.tokens.shape
     assert ((out.tokens == PAD) | (out.logprobs < 0)).all()
+
+
+class EndsAfterDecoder(CycleDecoder):
+    """Scripted: each image says its words (4, 5, 4, ...) for as many steps as its feature asks,
+    then prefers <eos>; so the images of one batch finish at different steps."""
+
+    def init_state(self, enc: EncoderOutput, group: int = 1):
+        stop = enc.pooled[:, 0].long().repeat_interleave(group)
+        return {"t": torch.zeros_like(stop), "stop": stop}
+
+    def step(self, tokens, state) -> StepOutput:
+        out = super().step(tokens, state)
+        logits = out.logits.clone()
+        logits[state["t"] >= state["stop"], EOS] = 5.0
+        return StepOutput(logits, {**out.state, "stop": state["stop"]}, out.attention)
+
+
+def _pad_to(tokens: torch.Tensor, T: int) -> torch.Tensor:
+    return F.pad(tokens, (0, T - tokens.shape[1]), value=PAD)
+
+
+def test_batched_beam_search_equals_one_image_at_a_time_as_images_finish() -> None:
+    stops = [1.0, 6.0, 3.0, 2.0]
+    enc = EncoderOutput(torch.zeros(4, 1, 4), None, torch.tensor(stops)[:, None].repeat(1, 4))
+    config = DecodingConfig(beam_size=3, n_best=2, max_len=8)
+    batched = beam_search(EndsAfterDecoder(), enc, config, keep_attention=True)
+    assert batched.tokens.shape == (8, 7)  # the longest: 6 words + <eos>
+    for i, stop in enumerate(stops):
+        one = EncoderOutput(enc.regions[i : i + 1], None, enc.pooled[i : i + 1])
+        single = beam_search(EndsAfterDecoder(), one, config, keep_attention=True)
+        rows = slice(2 * i, 2 * i + 2)
+        assert single.tokens.shape[1] == stop + 1  # this image alone stops at its own length
+        assert torch.equal(batched.tokens[rows], _pad_to(single.tokens, 7))
+        torch.testing.assert_close(batched.scores[rows], single.scores)
+        torch.testing.assert_close(batched.logprobs[rows].sum(1), single.logprobs.sum(1))
+        assert (batched.attention[rows, int(stop) + 1 :] == 0).all()
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_batched_beam_search_equals_one_image_at_a_time(decoder: str) -> None:
+    model, enc = _model_and_features(decoder, n=4)
+    config = DecodingConfig(beam_size=3, max_len=8)
+    with torch.no_grad():
+        batched = beam_search(model.decoder, enc, config)
+        for i in range(4):
+            one = EncoderOutput(enc.regions[i : i + 1], None, enc.pooled[i : i + 1])
+            single = beam_search(model.decoder, one, config)
+            T = single.tokens.shape[1]
+            assert torch.equal(batched.tokens[i, :T], single.tokens[0])
+            assert (batched.tokens[i, T:] == PAD).all()
+            torch.testing.assert_close(batched.scores[i], single.scores[0], atol=1e-4, rtol=1e-4)
 
 
 def test_length_penalty_normalises_scores_by_length() -> None:

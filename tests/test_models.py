@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from finecap.captioner import Captioner
 from finecap.data.vocab import Vocab
 from finecap.hub import WeightsNotFoundError
-from finecap.models import CaptionModel, EncoderConfig, create_encoder, list_decoders, list_encoders
+from finecap.models import (
+    CaptionModel,
+    EncoderConfig,
+    create_encoder,
+    list_decoders,
+    list_encoders,
+    reorder_state,
+)
+from finecap.models.decoder import IMAGE_KEY
 from helpers.tiny_captioners import make_tiny_captioner, random_images
 
 ENCODERS = list_encoders()
@@ -102,6 +110,41 @@ def test_teacher_forcing_equals_step_by_step(decoder: str) -> None:
             torch.testing.assert_close(out.logits, forced.logits[:, t], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out.attention, forced.attention[:, t], atol=1e-6, rtol=0)
     torch.testing.assert_close(forced.attention.sum(-1), torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_grouped_sequences_equal_repeated_images(decoder: str) -> None:
+    """G sequences per image sharing its per-image state (init_state(enc, group), teacher
+    forcing with G captions per image) give what repeating each image G times gives."""
+    model = make_tiny_captioner(decoder).model
+    tokens = torch.tensor([[Vocab.bos_id, 5, 6, 7], [Vocab.bos_id, 9, 4, 10]] * 3)  # 3 per image
+    with torch.no_grad():
+        enc = model.encode(model.encoder.preprocess(random_images(2)))
+        grouped, repeated = (
+            model.decoder(enc, tokens),
+            model.decoder(enc.repeat_interleave(3), tokens),
+        )
+        torch.testing.assert_close(grouped.logits, repeated.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grouped.attention, repeated.attention, atol=1e-6, rtol=1e-5)
+        a, b = (
+            model.decoder.init_state(enc, group=3),
+            model.decoder.init_state(enc.repeat_interleave(3)),
+        )
+        for t in range(tokens.shape[1]):
+            step_a, step_b = (
+                model.decoder.step(tokens[:, t], a),
+                model.decoder.step(tokens[:, t], b),
+            )
+            torch.testing.assert_close(step_a.logits, step_b.logits, atol=1e-5, rtol=1e-5)
+            a, b = step_a.state, step_b.state
+        # Dropping image 0 keeps image 1's sequences and its per-image rows.
+        kept = reorder_state(a, torch.tensor([3, 4, 5]), group=3)
+        for key, value in kept.items():
+            rows = 1 if key.startswith(IMAGE_KEY) else 3
+            assert value.shape[0] == rows, key
+        if decoder == "transformer":
+            assert any(key.startswith(IMAGE_KEY) for key in a)  # shared, not repeated
+            torch.testing.assert_close(kept[f"{IMAGE_KEY}k0"], a[f"{IMAGE_KEY}k0"][1:])
 
 
 def _assert_same_captions(a: Captioner, b: Captioner, beam_size: int = 2) -> None:

@@ -74,10 +74,12 @@ def _left_to_right(
     max_len: int,
     choose: Callable[[Tensor], Tensor],
     keep_attention: bool,
+    group: int = 1,
 ) -> Decoded:
-    """Shared loop of greedy and sampling: choose(logits (N, V)) -> next words (N,)."""
-    state = decoder.init_state(enc)
-    N = enc.pooled.shape[0]
+    """Shared loop of greedy and sampling, `group` captions per image:
+    choose(logits (N, V)) -> next words (N,)."""
+    state = decoder.init_state(enc, group)
+    N = enc.pooled.shape[0] * group
     words = torch.full((N,), BOS, dtype=torch.long, device=enc.pooled.device)
     done = torch.zeros(N, dtype=torch.bool, device=words.device)
     tokens, logprobs, attention = [], [], []
@@ -150,7 +152,7 @@ def sample(
         probs = _filter_logits(logits.detach(), config).softmax(-1)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-    return _left_to_right(decoder, enc.repeat_interleave(config.n), config.max_len, choose, False)
+    return _left_to_right(decoder, enc, config.max_len, choose, False, group=config.n)
 
 
 def _length_penalty(lengths: Tensor, alpha: float) -> Tensor:
@@ -170,17 +172,23 @@ def _block_repeated_trigrams(history: Tensor, logp: Tensor) -> Tensor:
     return logp
 
 
+@torch.no_grad()
 def beam_search(
     decoder: Decoder, enc: EncoderOutput, config: DecodingConfig, keep_attention: bool = False
 ) -> Decoded:
-    """Beam search over all images at once. Returns config.n_best captions per image, best first."""
+    """Beam search over all images at once. Returns config.n_best captions per image, best first.
+
+    An image whose K beams have all ended leaves the batch (its rows leave the state), so a
+    batch costs what its unfinished images need rather than what its longest caption needs.
+    """
     B, K = enc.pooled.shape[0], config.beam_size
     device = enc.pooled.device
-    state = decoder.init_state(enc.repeat_interleave(K))
+    state = decoder.init_state(enc, group=K)
     # Entries no step has replaced yet (regions, cross-attention keys/values) are still what
-    # init_state made from the repeated image, identical across each image's beams; picking
-    # beams within an image leaves them unchanged, so they skip the (costly) reordering.
+    # init_state made from the image, identical across each image's beams; picking beams
+    # within an image leaves them unchanged, so they skip the (costly) reordering.
     constant = set(state)
+    images = torch.arange(B, device=device)  # original index of each image still decoding
     words = torch.full((B * K,), BOS, dtype=torch.long, device=device)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first top-k has no duplicates
@@ -189,49 +197,87 @@ def beam_search(
     history = torch.zeros(B * K, 0, dtype=torch.long, device=device)
     word_logp = torch.zeros(B * K, 0, device=device)
     attention = None
-    offsets = (torch.arange(B, device=device) * K)[:, None]  # (B, 1)
+    results: list[Decoded | None] = [None] * B  # filled in as images finish
     for t in range(config.max_len + 1):
+        n = images.shape[0]
         out = decoder.step(words, state)
         constant = {key for key in constant if out.state.get(key) is state[key]}
-        logp = F.log_softmax(out.logits.float(), -1)  # (B*K, V)
-        V = logp.shape[-1]
+        logits = out.logits.float()  # (n*K, V)
+        norm = logits.logsumexp(-1, keepdim=True)  # log p(word) = logit - norm
         if config.block_trigrams:
-            logp = _block_repeated_trigrams(history, logp)
+            logits = _block_repeated_trigrams(history, logits.clone())
+        # A beam's length penalty is the same for all its words, so the K best words of each
+        # beam hold the image's K best candidates: rank K*K of them instead of K*V.
+        per_beam = min(K, logits.shape[-1])
         if t == config.max_len:  # max_len words written: unfinished beams must end here
-            eos_only = torch.full_like(logp, float("-inf"))
-            eos_only[:, EOS] = logp[:, EOS]
-            logp = eos_only
+            logp = torch.full((n * K, per_beam), float("-inf"), device=device)
+            logp[:, 0] = logits[:, EOS] - norm[:, 0]
+            word_ids = torch.full((n * K, per_beam), EOS, device=device)
+        else:
+            logp, word_ids = logits.topk(per_beam, -1)
+            logp = logp - norm
         # A finished beam can only continue with <pad>, at no cost, so it keeps its score.
-        pad_only = torch.full_like(logp, float("-inf"))
-        pad_only[:, PAD] = 0.0
-        logp = torch.where(finished.view(-1, 1), pad_only, logp).view(B, K, V)
-        candidates = scores[..., None] + logp  # (B, K, V)
+        ended = finished.view(-1)
+        logp[ended] = torch.tensor([0.0] + [float("-inf")] * (per_beam - 1), device=device)
+        word_ids[ended] = PAD
+        candidates = scores[..., None] + logp.view(n, K, per_beam)  # (n, K, per_beam)
         new_lengths = lengths + (~finished).long()
         ranked = candidates / _length_penalty(new_lengths, config.length_penalty)[..., None]
-        top = ranked.view(B, -1).topk(K, -1).indices  # (B, K) over K*V candidates
-        beam, word = top // V, top % V
-        scores = candidates.view(B, -1).gather(1, top)
+        top = ranked.view(n, -1).topk(K, -1).indices  # (n, K) over K*per_beam candidates
+        beam = top // per_beam
+        word = word_ids.view(n, -1).gather(1, top)
+        scores = candidates.view(n, -1).gather(1, top)
+        chosen_logp = logp.view(n, -1).gather(1, top)  # (n, K)
         lengths = new_lengths.gather(1, beam)
         finished = finished.gather(1, beam) | (word == EOS)
-        rows = (beam + offsets).view(-1)  # (B*K,) which old beam each new beam extends
-        moving = reorder_state({k: v for k, v in out.state.items() if k not in constant}, rows)
+        offsets = (torch.arange(n, device=device) * K)[:, None]  # (n, 1) first row of each image
+        rows = (beam + offsets).view(-1)  # (n*K,) which old beam each new beam extends
+        moving = reorder_state(
+            {key: value for key, value in out.state.items() if key not in constant}, rows, group=K
+        )
         state = {**out.state, **moving}
         words = word.view(-1)
         history = torch.cat([history[rows], words[:, None]], 1)
-        word_logp = torch.cat(
-            [word_logp[rows], logp.view(B * K, V)[rows].gather(1, words[:, None])], 1
-        )
+        word_logp = torch.cat([word_logp[rows], chosen_logp.view(-1, 1)], 1)
         if keep_attention:
             step_att = out.attention[rows][:, None]
             attention = step_att if attention is None else torch.cat([attention[rows], step_att], 1)
-        if bool(finished.all()):
+        done = finished.all(1)  # (n,) images whose every beam has ended
+        if not bool(done.any()):
+            continue
+        final = scores / _length_penalty(lengths, config.length_penalty)  # (n, K)
+        for i in done.nonzero()[:, 0].tolist():
+            best = final[i].argsort(descending=True)[: config.n_best]
+            picked = best + i * K
+            results[int(images[i])] = Decoded(
+                history[picked],
+                word_logp[picked],
+                final[i, best],
+                None if attention is None else attention[picked],
+            )
+        if bool(done.all()):
             break
-    final = scores / _length_penalty(lengths, config.length_penalty)  # (B, K)
-    best = final.argsort(-1, descending=True)[:, : config.n_best]  # (B, n_best)
-    rows = (best + offsets).view(-1)
+        keep = (~done).nonzero()[:, 0]
+        rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)
+        state = reorder_state(state, rows, group=K)
+        images, scores = images[keep], scores[keep]
+        lengths, finished = lengths[keep], finished[keep]
+        words, history, word_logp = words[rows], history[rows], word_logp[rows]
+        attention = None if attention is None else attention[rows]
+    return _stack_padded(results)
+
+
+def _stack_padded(parts: list[Decoded | None]) -> Decoded:
+    """Concatenate per-image results, padding shorter ones with <pad> (log-prob 0, attention 0)."""
+    assert all(p is not None for p in parts), "every image ends by max_len + 1 steps"
+    T = max(p.tokens.shape[1] for p in parts)
+
+    def pad(x: Tensor, value: float) -> Tensor:
+        return F.pad(x, (0, 0) * (x.dim() - 2) + (0, T - x.shape[1]), value=value)
+
     return Decoded(
-        history[rows],
-        word_logp[rows],
-        final.gather(1, best).view(-1),
-        None if attention is None else attention[rows],
+        torch.cat([pad(p.tokens, PAD) for p in parts]),
+        torch.cat([pad(p.logprobs, 0.0) for p in parts]),
+        torch.cat([p.scores for p in parts]),
+        None if parts[0].attention is None else torch.cat([pad(p.attention, 0.0) for p in parts]),
     )

@@ -1,10 +1,16 @@
 """The decoder contract shared by the LSTM and transformer decoders.
 
 A decoder exposes
-- `init_state(enc) -> state`: a dict of batch-first tensors, so beam search and sampling can
-  reorder or repeat any decoder's state the same way (`reorder_state`);
+- `init_state(enc, group) -> state` for `group` sequences per image (beams or samples; the
+  sequences of image i are rows i*group ... i*group + group - 1): a dict of batch-first
+  tensors, so beam search and sampling reorder any decoder's state the same way
+  (`reorder_state`). A key starting with `IMAGE_KEY` ("image/") holds one row per image,
+  shared by its sequences (the transformer's cross-attention keys: computing and storing them
+  once per image, not once per beam, is most of batched beam search's and SCST's speed);
+  every other tensor holds one row per sequence;
 - `step(tokens (B,), state) -> StepOutput`: next-word logits, new state, attention over regions;
-- `forward(enc, tokens (B, T)) -> DecoderOutput`: teacher forcing over a whole caption.
+- `forward(enc, tokens (B*G, T)) -> DecoderOutput`: teacher forcing over whole captions, G
+  per image (each image's adjacent).
 Greedy, beam and sampling decoding (`finecap.decoding`) are written once against this.
 """
 
@@ -66,8 +72,9 @@ class Decoder(nn.Module, ABC):
         self.feature_dim = feature_dim
 
     @abstractmethod
-    def init_state(self, enc: EncoderOutput) -> State:
-        """Decoder state before the first word (<bos> is fed by the caller)."""
+    def init_state(self, enc: EncoderOutput, group: int = 1) -> State:
+        """State before the first word (<bos> is fed by the caller) of `group` sequences per
+        image, each image's sequences adjacent."""
 
     @abstractmethod
     def step(self, tokens: Tensor, state: State) -> StepOutput:
@@ -75,12 +82,22 @@ class Decoder(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
-        """Teacher forcing: tokens (B, T) start with <bos>; logits[:, t] predict tokens[:, t+1]."""
+        """Teacher forcing: tokens (B*G, T), G captions per image, start with <bos>;
+        logits[:, t] predict tokens[:, t+1]."""
 
 
-def reorder_state(state: State, index: Tensor) -> State:
-    """Pick rows of every state tensor: beams after a top-k, or repeats for sampling."""
-    return {key: value.index_select(0, index) for key, value in state.items()}
+IMAGE_KEY = "image/"
+
+
+def reorder_state(state: State, index: Tensor, group: int = 1) -> State:
+    """Pick sequence rows `index` (N,) of every state tensor (beams after a top-k, or the
+    images still decoding). `index` keeps each image's `group` sequences together, so the
+    per-image tensors (`IMAGE_KEY`) follow the image of each group."""
+    images = index.view(-1, group)[:, 0] // group
+    return {
+        key: value.index_select(0, images if key.startswith(IMAGE_KEY) else index)
+        for key, value in state.items()
+    }
 
 
 _DECODERS: Registry[Decoder] = Registry("decoder")

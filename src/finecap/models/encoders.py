@@ -1,7 +1,7 @@
 """Image encoders: pixels (or precomputed features) -> region features + a pooled feature.
 
 Three encoders are registered:
-- `small_cnn`: a 4-layer CNN trained from scratch (the scenes world default);
+- `small_cnn`: a small CNN trained from scratch (the scenes world default);
 - `resnet50`: a Hugging Face `ResNetModel` without its classifier, giving the 7x7x2048 grid
   of Show, Attend and Tell / Up-Down style captioners;
 - `clip`: the Hugging Face `CLIPVisionModel`, giving the patch grid as in CLIP-ViL and
@@ -39,6 +39,8 @@ class EncoderConfig:
     """Input side for small_cnn; pretrained encoders use their own image processor."""
     width: int = 128
     """small_cnn: channels of the last layer (= feature size D)."""
+    convs_per_stage: int = 1
+    """small_cnn: 3x3 convs at each of the three resolutions (1 = the original 4-layer net)."""
     hf_config: dict = field(default_factory=dict)
     """Config overrides for a randomly initialised HF backbone (tests, tiny models)."""
 
@@ -125,12 +127,18 @@ def _normalise(images: list[Image.Image], size: int, mean: tuple, std: tuple) ->
     return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
 @register_encoder("small_cnn")
 class SmallCNN(Encoder):
-    """Four stride-2/1 conv blocks: 96 px -> 12x12 grid of `width` features + learned positions.
+    """Three stride-2 stages and a last stride-1 conv: 96 px -> 12x12 grid + learned positions.
 
-    Positions matter in the scenes world: relations (left of, above) are geometry, and convs
-    with global attention on top are otherwise nearly translation invariant.
+    Each stage is one stride-2 conv followed by `convs_per_stage - 1` stride-1 convs; with 2
+    per stage the receptive field (59 px) covers the largest scenes object, which shape
+    recognition needs. Positions matter in the scenes world: relations (left of, above) are
+    geometry, and convs with global attention on top are otherwise nearly translation invariant.
     """
 
     MEAN = (0.5, 0.5, 0.5)
@@ -139,15 +147,13 @@ class SmallCNN(Encoder):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__(config)
         w = config.width
-        channels = [3, w // 4, w // 2, w, w]
-        strides = [2, 2, 2, 1]
         layers: list[nn.Module] = []
-        for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides, strict=True):
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-            ]
+        c_in = 3
+        for c_out in (w // 4, w // 2, w):
+            for k in range(config.convs_per_stage):
+                layers += _conv_bn_relu(c_in, c_out, stride=2 if k == 0 else 1)
+                c_in = c_out
+        layers += _conv_bn_relu(w, w, stride=1)
         self.convs = nn.Sequential(*layers)
         side = -(-config.image_size // 8)  # three stride-2 layers, rounding up
         self.position = nn.Parameter(torch.zeros(1, side * side, w))

@@ -40,8 +40,11 @@ class LSTMAttentionDecoder(Decoder):
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(H, vocab_size)
 
-    def init_state(self, enc: EncoderOutput) -> State:
-        regions = enc.regions  # (B, R, D)
+    def init_state(self, enc: EncoderOutput, group: int = 1) -> State:
+        # Additive attention mixes regions with each sequence's hidden state, so every
+        # sequence keeps its own copy of the regions.
+        enc = enc.repeat_interleave(group) if group > 1 else enc
+        regions = enc.regions  # (B*group, R, D)
         mask = (
             enc.mask
             if enc.mask is not None
@@ -68,7 +71,7 @@ class LSTMAttentionDecoder(Decoder):
         return StepOutput(logits, {**state, "h": h, "c": c}, alpha)
 
     def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
-        state = self.init_state(enc)
+        state = self.init_state(enc, group=tokens.shape[0] // enc.pooled.shape[0])
         logits, alphas = [], []
         for t in range(tokens.shape[1]):
             out = self.step(tokens[:, t], state)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from finecap.models.decoder import (
+    IMAGE_KEY,
     Decoder,
     DecoderConfig,
     DecoderOutput,
@@ -25,6 +26,8 @@ from finecap.models.decoder import (
     register_decoder,
 )
 from finecap.models.encoders import EncoderOutput
+
+CROSS_BIAS = f"{IMAGE_KEY}cross_bias"
 
 
 class Attention(nn.Module):
@@ -48,14 +51,27 @@ class Attention(nn.Module):
     def forward(
         self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """x (B, T, C) attends to k, v (B, h, S, C/h); bias broadcasts to scores (B, h, T, S)."""
-        q = self.split_heads(self.q(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, T, S)
+        """x (N, T, C) attends to k, v (B, h, S, C/h) -> (N, T, C), weights (N, T, S).
+
+        N = B * G: each key row serves G query rows in a row (an image's beams or samples
+        attending to its regions), which attend as G*T queries of one sequence. bias
+        broadcasts to the scores (B, h, G*T, S).
+        """
+        N, T, _ = x.shape
+        B, h, S, d = k.shape
+        G = N // B
+        q = self.split_heads(self.q(x))  # (N, h, T, d)
+        if G > 1:
+            q = q.view(B, G, h, T, d).transpose(1, 2).reshape(B, h, G * T, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, h, G*T, S)
         if bias is not None:
             scores = scores + bias
         weights = scores.softmax(-1)
-        out = (weights @ v).transpose(1, 2).flatten(2)  # (B, T, C)
-        return self.proj(out), weights.mean(1)  # (B, T, C), (B, T, S)
+        out = weights @ v  # (B, h, G*T, d)
+        if G > 1:
+            out = out.view(B, h, G, T, d).transpose(1, 2).reshape(N, h, T, d)
+        out = out.transpose(1, 2).flatten(2)  # (N, T, C)
+        return self.proj(out), weights.mean(1).view(N, T, S)
 
 
 class Block(nn.Module):
@@ -115,23 +131,30 @@ class TransformerDecoder(Decoder):
             :, None, None
         ]
 
-    def init_state(self, enc: EncoderOutput, cache: bool = True) -> State:
+    def init_state(self, enc: EncoderOutput, group: int = 1, cache: bool = True) -> State:
         memory = self.memory(enc.regions)  # (B, R, C)
-        B = memory.shape[0]
-        state: State = {"length": torch.zeros(B, dtype=torch.long, device=memory.device)}
+        N = memory.shape[0] * group
+        state: State = {"length": torch.zeros(N, dtype=torch.long, device=memory.device)}
         for i, block in enumerate(self.blocks):
-            state[f"mem_k{i}"], state[f"mem_v{i}"] = block.cross_attn.keys_values(memory)
+            # Cross-attention keys/values: once per image, shared by its `group` sequences.
+            state[f"{IMAGE_KEY}k{i}"], state[f"{IMAGE_KEY}v{i}"] = block.cross_attn.keys_values(
+                memory
+            )
             if cache:
                 empty = memory.new_zeros(
-                    B, self.config.num_heads, 0, memory.shape[-1] // self.config.num_heads
+                    N, self.config.num_heads, 0, memory.shape[-1] // self.config.num_heads
                 )
                 state[f"k{i}"], state[f"v{i}"] = empty, empty
         if not cache:
-            state["prefix"] = torch.zeros(B, 0, dtype=torch.long, device=memory.device)
+            state["prefix"] = torch.zeros(N, 0, dtype=torch.long, device=memory.device)
         bias = self._cross_bias(enc.mask)
         if bias is not None:
-            state["cross_bias"] = bias
+            state[CROSS_BIAS] = bias
         return state
+
+    @staticmethod
+    def _cross(state: State, layer: int) -> tuple[Tensor, Tensor]:
+        return state[f"{IMAGE_KEY}k{layer}"], state[f"{IMAGE_KEY}v{layer}"]
 
     def step(self, tokens: Tensor, state: State) -> StepOutput:
         if "prefix" in state:
@@ -144,9 +167,8 @@ class TransformerDecoder(Decoder):
             k, v = block.self_attn.keys_values(block.norm1(x))
             new_state[f"k{i}"] = torch.cat([state[f"k{i}"], k], 2)  # (B, h, t+1, C/h)
             new_state[f"v{i}"] = torch.cat([state[f"v{i}"], v], 2)
-            cross = (state[f"mem_k{i}"], state[f"mem_v{i}"])
             self_kv = (new_state[f"k{i}"], new_state[f"v{i}"])
-            x, weights = block(x, self_kv, None, cross, state.get("cross_bias"))
+            x, weights = block(x, self_kv, None, self._cross(state, i), state.get(CROSS_BIAS))
         new_state["length"] = state["length"] + 1
         return StepOutput(self.out(self.norm(x))[:, 0], new_state, weights[:, 0])
 
@@ -163,12 +185,12 @@ class TransformerDecoder(Decoder):
         weights = x.new_zeros(0)
         for i, block in enumerate(self.blocks):
             kv = block.self_attn.keys_values(block.norm1(x))
-            cross = (state[f"mem_k{i}"], state[f"mem_v{i}"])
-            x, weights = block(x, kv, causal, cross, state.get("cross_bias"))
+            x, weights = block(x, kv, causal, self._cross(state, i), state.get(CROSS_BIAS))
         return self.out(self.norm(x)), weights
 
     def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
-        logits, weights = self._full(tokens, self.init_state(enc, cache=False))
+        group = tokens.shape[0] // enc.pooled.shape[0]
+        logits, weights = self._full(tokens, self.init_state(enc, group, cache=False))
         return DecoderOutput(logits, weights)
 
 
@@ -179,8 +201,8 @@ class Uncached:
     def __init__(self, decoder: TransformerDecoder) -> None:
         self.decoder = decoder
 
-    def init_state(self, enc: EncoderOutput) -> State:
-        return self.decoder.init_state(enc, cache=False)
+    def init_state(self, enc: EncoderOutput, group: int = 1) -> State:
+        return self.decoder.init_state(enc, group, cache=False)
 
     def step(self, tokens: Tensor, state: State) -> StepOutput:
         return self.decoder.step(tokens, state)

@@ -162,7 +162,7 @@ class SCSTTask(CaptionTask):
         with torch.no_grad():
             gt_rewards = self.reward(self._reward_batch(batch, references)).view(-1, c)  # (B, C)
         weight = (gt_rewards - sample_rewards.mean(1, keepdim=True)).clamp(min=0).view(-1)
-        out = self.model.decoder(enc.repeat_interleave(c), batch.tokens[:, :-1])
+        out = self.model.decoder(enc, batch.tokens[:, :-1])  # c references per image
         logp = out.logits.log_softmax(-1).gather(2, batch.tokens[:, 1:, None])[..., 0]  # (B*C, T)
         return policy_gradient_loss(logp, batch.tokens[:, 1:] != Vocab.pad_id, weight.to(logp))
 

@@ -115,8 +115,7 @@ def caption_cross_entropy(logits: Tensor, tokens: Tensor, label_smoothing: float
 @register_task("mle")
 class MLETask(CaptionTask):
     def training_step(self, batch: CaptionBatch, batch_index: int) -> Tensor:
-        captions_per_image = batch.tokens.shape[0] // batch.pixels.shape[0]
-        enc = self.model.encode(batch.pixels).repeat_interleave(captions_per_image)
+        enc = self.model.encode(batch.pixels)  # each image once, for all its captions
         out = self.model.decoder(enc, batch.tokens[:, :-1])
         loss = caption_cross_entropy(
             out.logits, batch.tokens[:, 1:], self.config.optim.label_smoothing
