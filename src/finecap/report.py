@@ -73,6 +73,48 @@ def image_data_uri(path: str | os.PathLike, max_side: int = 256) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+# The tables of Cho et al. (2022), for `finecap evaluate --paper-tables` (and `reproduce`):
+# (title, metrics); metrics a run did not compute are left out, the others follow.
+PAPER_TABLES: list[tuple[str, tuple[str, ...]]] = [
+    ("Table 1: n-gram and embedding metrics",
+     ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "BERTScore", "CLIP-S", "RefCLIP-S")),
+    ("Table 2: text-to-image retrieval with the captions as queries",
+     ("R@1", "R@5", "R@10", "MedR", "I2T-R@1", "I2T-R@5", "I2T-R@10", "I2T-MedR")),
+    ("FineCapEval: fine-grained recall", tuple(
+        f"FineCapEval-{m}" for m in ("background", "object", "relation", "overall-BLEU-4",
+                                     "overall-ROUGE-L", "overall-CIDEr"))),
+    ("Degeneration: repetition, diversity and length",
+     ("Repetition", "Distinct-1", "Distinct-2", "Vocabulary", "Mean-Length", "Novel",
+      "Caption-Similarity", "Caption-Similarity-max")),
+]  # fmt: skip
+SAMPLES_TITLE = {False: "Samples", True: "Table 3: examples, every system's caption"}
+
+
+def _metrics_table(result: SuiteResult, columns: Sequence[str]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(m)}</th>" for m in columns)
+    rows = []
+    for name, scores in result.systems.items():
+        cells = "".join(f"<td>{format_value(result, m, scores.get(m))}</td>" for m in columns)
+        rows.append(f'<tr><td class="name">{esc(name)}</td>{cells}</tr>')
+    return f"<table class='metrics'><tr><th>system</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _paper_tables(result: SuiteResult) -> list[str]:
+    """One titled table per entry of PAPER_TABLES, then the metrics no table named."""
+    present = table_columns(result)
+    parts, used = [], set()
+    for title, metrics in PAPER_TABLES:
+        columns = [m for m in metrics if m in present]
+        used.update(columns)
+        if columns:
+            parts.append(f"<h2>{html.escape(title)}</h2>{_metrics_table(result, columns)}")
+    rest = [m for m in present if m not in used]
+    if rest:
+        parts.append(f"<h2>Other metrics</h2>{_metrics_table(result, rest)}")
+    return parts
+
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.metrics { border-collapse: collapse; font-size: 0.9em; }
@@ -88,16 +130,14 @@ table.metrics td.name { text-align: left; font-weight: 600; }
 
 
 def render_report(
-    result: SuiteResult, samples: Sequence[ReportSample], title: str = "finecap evaluation"
+    result: SuiteResult,
+    samples: Sequence[ReportSample],
+    title: str = "finecap evaluation",
+    paper_tables: bool = False,
 ) -> str:
-    """The HTML page as a string."""
+    """The HTML page as a string: one table of every metric, or with `paper_tables` the
+    tables of Cho et al. (PAPER_TABLES) and the samples as their Table 3."""
     esc = html.escape
-    columns = table_columns(result)
-    head = "".join(f"<th>{esc(m)}</th>" for m in columns)
-    rows = []
-    for name, scores in result.systems.items():
-        cells = "".join(f"<td>{format_value(result, m, scores.get(m))}</td>" for m in columns)
-        rows.append(f'<tr><td class="name">{esc(name)}</td>{cells}</tr>')
     unavailable = "".join(
         f"<li><b>{esc(m)}</b>: {esc(reason)}</li>" for m, reason in result.unavailable.items()
     )
@@ -109,11 +149,15 @@ def render_report(
         f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
         "<p class='muted'>Scores x100 except "
         f"{esc(', '.join(sorted(result.unscaled)) or 'none')}.</p>",
-        f"<table class='metrics'><tr><th>system</th>{head}</tr>{''.join(rows)}</table>",
     ]
+    if paper_tables:
+        parts += _paper_tables(result)
+    else:
+        parts.append(_metrics_table(result, table_columns(result)))
     if unavailable:
         parts.append(f"<h2>Unavailable</h2><ul>{unavailable}</ul>")
-    parts.append(f"<h2>Samples</h2>{''.join(_render_sample(s) for s in samples)}")
+    samples_html = "".join(_render_sample(s) for s in samples)
+    parts.append(f"<h2>{SAMPLES_TITLE[paper_tables]}</h2>{samples_html}")
     parts.append(f"<h2>Settings</h2><ul class='muted'>{settings}</ul></body></html>\n")
     return "\n".join(parts)
 
@@ -143,9 +187,10 @@ def write_report(
     result: SuiteResult,
     samples: Sequence[ReportSample],
     title: str = "finecap evaluation",
+    paper_tables: bool = False,
 ) -> None:
     """Write the self-contained HTML report atomically."""
-    atomic_write_text(path, render_report(result, samples, title))
+    atomic_write_text(path, render_report(result, samples, title, paper_tables))
 
 
 def pick_samples(

@@ -4,24 +4,36 @@ Steps, each the project's own command, so the pipeline is what a user would run 
  1. generate the scenes world                     -> DIR/scenes/
  2. train the scenes CLIP (Hugging Face format)   -> DIR/clip/
  3. train the grammar head                        -> DIR/grammar/
- 4. MLE captioner                                 -> DIR/captioners/MLE/
+ 4. MLE captioner (transformer decoder)           -> DIR/captioners/MLE/
  5. SCST from the MLE model, one run per reward   -> DIR/captioners/NAME/
- 6. caption the test split with every captioner   -> DIR/predictions/NAME.json
- 7. `finecap evaluate` on all systems (+ Reference) -> DIR/metrics.json, DIR/report.html
-A step whose output already exists is skipped, so an interrupted run continues where it stopped.
+    (each captioner then captions the test split  -> DIR/predictions/NAME.json)
+ 6. `finecap evaluate` on all systems (+ Reference) -> DIR/metrics.json, DIR/report.html
+Steps run as soon as what they need exists, `jobs` (default 2) at a time in worker processes,
+each logging to DIR/logs/STEP.log; the seconds of each land in DIR/timings.json. A step whose
+output already exists is skipped, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
 import shutil
+import sys
 import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from finecap.captioner import Captioner
 from finecap.cli import main as finecap
 from finecap.data.formats import load_corpus, save_predictions
 from finecap.data.images import load_image
+from finecap.io import atomic_write_text
 from finecap.train.config import load_config
 from finecap.train.run import train
 
@@ -48,7 +60,10 @@ class ReproduceSettings:
     scst_overrides: list[str] = field(default_factory=list)
 
 
-FULL = ReproduceSettings()
+# The MLE captioner is the default model's recipe (scenes_transformer.yaml: a transformer
+# decoder, as in Cho et al.), 12 epochs on this run's 5,000-image world.
+MLE_RECIPE = "scenes_transformer.yaml"
+FULL = ReproduceSettings(mle_overrides=["optim.max_epochs=12"])
 QUICK = ReproduceSettings(
     images=300,
     clip_args=["--epochs", "3", "--hidden", "64", "--layers", "2"],
@@ -56,15 +71,6 @@ QUICK = ReproduceSettings(
     mle_overrides=["optim.max_epochs=3", "model.encoder.width=64", "model.decoder.hidden_size=128"],
     scst_overrides=["optim.max_epochs=1", "data.batch_size=10", "data.val_images=20"],
 )
-
-
-def _step(name: str, done: Path) -> bool:
-    """Print the step; False when its output exists already (resume)."""
-    if done.exists():
-        print(f"[reproduce] {name}: done already ({done})")
-        return False
-    print(f"[reproduce] {name} ...", flush=True)
-    return True
 
 
 def _run(argv: list[str]) -> None:
@@ -97,53 +103,156 @@ def caption_split(model_dir: Path, dataset: Path, split: str, out: Path) -> None
     save_predictions(out, {r.image_id: c.text for r, c in zip(records, captions, strict=True)})
 
 
-def reproduce(out: Path, settings: ReproduceSettings) -> Path:
+@dataclass
+class Step:
+    """One unit of the pipeline: `run(*args)` makes `done` (its existence = finished)."""
+
+    name: str
+    done: Path
+    needs: tuple[str, ...]
+    run: Callable[..., None]
+    args: tuple = ()
+
+
+def _scenes(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    n, out = str(settings.images), str(paths["dataset"].parent)
+    _run(["scenes", "generate", "--out", out, "--n", n, "--seed", "0"])
+
+
+def _clip(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    _run(["clip", "train", "--dataset", str(paths["dataset"]), "--out", str(paths["clip"]),
+          "--threads", str(threads), *settings.clip_args])  # fmt: skip
+
+
+def _grammar(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    _run(["grammar", "train", "--clip", str(paths["clip"]), "--dataset", str(paths["dataset"]),
+          "--out", str(paths["grammar"]), "--threads", str(threads),
+          *settings.grammar_args])  # fmt: skip
+
+
+def _captioner(
+    name: str, recipe: str, init: Path | None, overrides: list[str], paths: dict, threads: int
+) -> None:
+    """Train one captioner (unless its model exists), then caption the test split with it."""
+    folder = paths["captioners"] / name
+    if not (folder / "model").exists():
+        threaded = [*overrides, f"trainer.threads={threads}"]
+        _train_captioner(recipe, folder, threaded, init, paths)
+    torch.set_num_threads(threads)
+    caption_split(folder / "model", paths["dataset"], "test", paths["predictions"] / f"{name}.json")
+
+
+def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
+    """Every step with what it needs; the MLE model and the CLIP train side by side."""
+    paths = {
+        "dataset": out / "scenes" / "dataset.json",
+        "clip": out / "clip",
+        "grammar": out / "grammar",
+        "captioners": out / "captioners",
+        "predictions": out / "predictions",
+    }
+    mle = paths["captioners"] / "MLE" / "model"
+    steps = [
+        Step("scenes world", paths["dataset"], (), _scenes, (paths, settings)),
+        Step("scenes CLIP", paths["clip"] / "config.json", ("scenes world",), _clip,
+             (paths, settings)),
+        Step("MLE", paths["predictions"] / "MLE.json", ("scenes world",), _captioner,
+             ("MLE", MLE_RECIPE, None, settings.mle_overrides, paths)),
+        Step("grammar head", paths["grammar"] / "grammar_config.json", ("scenes CLIP",),
+             _grammar, (paths, settings)),
+    ]  # fmt: skip
+    for name, recipe in SCST_SYSTEMS.items():
+        needs = ("MLE",) if name == "CIDEr" else ("MLE", "scenes CLIP")
+        if "Grammar" in name:
+            needs += ("grammar head",)
+        args = (name, recipe, mle, settings.scst_overrides, paths)
+        steps.append(Step(name, paths["predictions"] / f"{name}.json", needs, _captioner, args))
+    return steps, paths
+
+
+def _run_logged(step: Step, log: Path, threads: int) -> float:
+    """In a worker process: run the step with its output in `log`; returns its seconds."""
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(f.fileno(), 1)  # at the descriptor level: Java and tqdm output lands here too
+        os.dup2(f.fileno(), 2)
+        try:
+            step.run(*step.args, threads)
+        except BaseException:
+            traceback.print_exc()
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+    return time.perf_counter() - started
+
+
+def _log_path(logs: Path, step: Step) -> Path:
+    return logs / (step.name.lower().replace(" ", "_") + ".log")
+
+
+def run_steps(steps: list[Step], jobs: int, logs: Path, timings: dict) -> None:
+    """Run steps as their needs are met, `jobs` at a time, each in its own process with
+    cpu_count / jobs threads (small models scale poorly with threads, so two one-thread
+    jobs do ~1.5x the work of one two-thread job on two cores)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    finished = {s.name for s in steps if s.done.exists()}
+    for name in finished:
+        print(f"[reproduce] {name}: done already")
+    waiting = [s for s in steps if s.name not in finished]
+    running: dict[Future, Step] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        while waiting or running:
+            for step in [s for s in waiting if set(s.needs) <= finished][: jobs - len(running)]:
+                waiting.remove(step)
+                log = _log_path(logs, step)
+                print(f"[reproduce] {step.name} ... (log: {log})", flush=True)
+                running[pool.submit(_run_logged, step, log, threads)] = step
+            if not running:
+                raise RuntimeError(f"steps whose needs never finish: {[s.name for s in waiting]}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                try:
+                    seconds = future.result()
+                except BaseException as error:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise RuntimeError(
+                        f"step {step.name!r} failed ({error}); see {_log_path(logs, step)}"
+                    ) from error
+                finished.add(step.name)
+                timings[step.name] = round(seconds, 1)
+                print(f"[reproduce] {step.name}: finished in {seconds:.0f} s", flush=True)
+
+
+def reproduce(out: Path, settings: ReproduceSettings, jobs: int = 2) -> Path:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    scenes, clip, grammar = out / "scenes", out / "clip", out / "grammar"
-    paths = {"dataset": scenes / "dataset.json", "clip": clip, "grammar": grammar}
-    if _step("scenes world", paths["dataset"]):
-        _run(
-            ["scenes", "generate", "--out", str(scenes), "--n", str(settings.images), "--seed", "0"]
-        )
-    if _step("scenes CLIP", clip / "config.json"):
-        _run(
-            [
-                "clip",
-                "train",
-                "--dataset",
-                str(paths["dataset"]),
-                "--out",
-                str(clip),
-                *settings.clip_args,
-            ]
-        )
-    if _step("grammar head", grammar / "grammar_config.json"):
-        _run(["grammar", "train", "--clip", str(clip), "--dataset", str(paths["dataset"]),
-              "--out", str(grammar), *settings.grammar_args])  # fmt: skip
-    captioners = out / "captioners"
-    mle = captioners / "MLE"
-    if _step("MLE captioner", mle / "model"):
-        _train_captioner("scenes_lstm.yaml", mle, settings.mle_overrides, None, paths)
-    for name, recipe in SCST_SYSTEMS.items():
-        if _step(f"SCST {name}", captioners / name / "model"):
-            _train_captioner(
-                recipe, captioners / name, settings.scst_overrides, mle / "model", paths
-            )
-    predictions = out / "predictions"
+    steps, paths = plan(out, settings)
+    timings: dict[str, float] = {}
+    run_steps(steps, jobs, out / "logs", timings)
     systems = ["MLE", *SCST_SYSTEMS]
-    for name in systems:
-        if _step(f"captions of {name}", predictions / f"{name}.json"):
-            predictions.mkdir(exist_ok=True)
-            caption_split(
-                captioners / name / "model", paths["dataset"], "test", predictions / f"{name}.json"
-            )
+    predictions = paths["predictions"]
     print("[reproduce] evaluate ...", flush=True)
+    evaluate_started = time.perf_counter()
     _run([
         "evaluate", "--predictions", *[f"{n}={predictions / f'{n}.json'}" for n in systems],
-        "--dataset", str(paths["dataset"]), "--split", "test", "--clip", str(clip),
-        "--finecapeval", str(scenes / "finecapeval.csv"), "--reference-row",
+        "--dataset", str(paths["dataset"]), "--split", "test", "--clip", str(paths["clip"]),
+        "--finecapeval", str(paths["dataset"].parent / "finecapeval.csv"), "--reference-row",
         "--out", str(out / "metrics.json"), "--report", str(out / "report.html"),
+        "--paper-tables", "--report-samples", "16",
     ])  # fmt: skip
-    print(f"[reproduce] finished in {time.perf_counter() - started:.0f} s: {out / 'metrics.json'}")
+    timings["evaluate"] = round(time.perf_counter() - evaluate_started, 1)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    timings["jobs"] = jobs
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
+    print(f"[reproduce] finished in {timings['total']:.0f} s: {out / 'metrics.json'}")
     return out / "metrics.json"

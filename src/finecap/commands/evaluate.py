@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="JSON", help="where to write metrics.json")
     p.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report")
     p.add_argument("--report-samples", type=int, default=12, help="images in the report")
+    p.add_argument(
+        "--paper-tables",
+        action="store_true",
+        help="report as Cho et al.'s tables (n-gram/embedding, retrieval, FineCapEval, "
+        "degeneration, examples) instead of one table",
+    )
     p.add_argument("--refclip-variant", choices=("hessel", "cho"), default="hessel")
     p.add_argument(
         "--reference-row",
@@ -249,6 +255,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         samples = pick_samples(
             data.image_ids, paths, data.references, captions, n=args.report_samples
         )
-        write_report(args.report, result, samples)
+        write_report(args.report, result, samples, paper_tables=args.paper_tables)
     print(f"metrics: {args.out}" + (f"\nreport:  {args.report}" if args.report else ""))
     return 0
