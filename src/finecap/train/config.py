@@ -70,6 +70,9 @@ class TrainerConfig:
     val_every_n_epochs: int = 1
     threads: int | None = None
     """torch.set_num_threads; None leaves PyTorch's default."""
+    select: str = "val_cider"
+    """Which checkpoint becomes model/: "val_cider" (the best validation CIDEr-D) or "last".
+    SCST recipes take the last: picking by CIDEr-D would undo what another reward taught."""
 
 
 @dataclass

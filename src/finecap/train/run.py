@@ -79,7 +79,10 @@ def train(config: TrainConfig, init: str | Path | None = None) -> Path:
     task = create_task(config, vocab, model)
     data.vocab, data.preprocess = vocab, task.model.encoder.preprocess
 
-    monitor = "val/CIDEr" if data.val_records else None
+    if config.trainer.select not in ("val_cider", "last"):
+        raise ValueError(f"trainer.select must be val_cider or last, not {config.trainer.select!r}")
+    select_by_cider = config.trainer.select == "val_cider" and data.val_records
+    monitor = "val/CIDEr" if select_by_cider else None  # None: the last checkpoint
     trainer, checkpoint = _make_trainer(config, out, monitor)
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.exists() else None)
