@@ -242,14 +242,14 @@ def report(rows: list[Row], argv: list[str], load: tuple[float, float], runs: in
             "",
             f"Command: `{' '.join([f'{env}python bench/bench_caption.py', *argv])}`",
             "",
-            f"Machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-            f"median of {runs} runs after a warm-up run.",
+            f"Machine: {machine()}; median of {runs} runs after a warm-up run.",
             "",
             _load_note(load),
             "",
-            "Random-weight models have <eos> suppressed: every caption is max_len = "
-            f"{MAX_LEN} words (plus <eos>). The scenes row is end to end (preprocess + encoder + "
-            "decoder); the transformer row decodes precomputed (B, 49, 2048) features.",
+            "Scenes rows are end to end (preprocess + encoder + decoder) on rendered scenes "
+            "images; the default model ends its captions where it says <eos>. Random-weight "
+            f"models have <eos> suppressed: every caption is max_len = {MAX_LEN} words (plus "
+            "<eos>). The 6x512 transformer decodes precomputed (B, 49, 2048) features.",
             "",
             header,
             *(_line(r) for r in rows),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from finecap.captioner import Captioner
 from finecap.data.images import load_image
@@ -65,3 +66,27 @@ def test_train_resume_export(world: Path, tmp_path: Path) -> None:
     image = load_image(world.parent / "images" / "scene_000000.png")
     [caption] = captioner.caption([image], beam_size=2)
     assert isinstance(caption.text, str)
+
+
+def test_select_last_exports_the_last_epoch_and_still_validates(
+    world: Path, tmp_path: Path
+) -> None:
+    recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
+    out = tmp_path / "run"
+    overrides = [f"data.dataset={world}", f"output_dir={out}", "model.encoder.image_size=48"]
+    config = load_config(recipe, [*overrides, *TINY, "optim.max_epochs=2", "trainer.select=last"])
+    model_dir = train(config)
+    meta = json.loads((model_dir / "config.json").read_text())
+    assert meta["finecap"]["best_val_cider"] is None  # nothing was picked by a score
+    rows = list(csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows if r.get("val/CIDEr")] == ["0", "1"]  # still logged
+    last = Captioner.from_pretrained(model_dir).model.state_dict()
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key, value in last.items():
+        assert torch.equal(value, state[f"model.{key}"]), key
+
+
+def test_unknown_checkpoint_selection_is_refused() -> None:
+    recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
+    with pytest.raises(ValueError, match="trainer.select must be val_cider or last"):
+        load_config(recipe, ["trainer.select=best_bleu"])

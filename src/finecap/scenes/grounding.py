@@ -22,7 +22,7 @@ SHAPES = _phrases(SHAPE_WORDS)
 COLORS = _phrases(COLOR_WORDS)
 
 
-def _find(words: list[str], phrases: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
+def find_words(words: list[str], phrases: dict[tuple[str, ...], str]) -> list[tuple[int, str]]:
     """(position, canonical word) of every phrase occurrence, longest phrase first at a position."""
     hits = []
     for i in range(len(words)):
@@ -36,8 +36,8 @@ def _find(words: list[str], phrases: dict[tuple[str, ...], str]) -> list[tuple[i
 def names_object(caption: str, shape: str, color: str) -> bool:
     """True if some mention of `shape` has `color` within COLOR_WINDOW words before it."""
     words = simple_tokenize(caption)
-    colors = _find(words, COLORS)
-    for position, found in _find(words, SHAPES):
+    colors = find_words(words, COLORS)
+    for position, found in find_words(words, SHAPES):
         if found != shape:
             continue
         if any(c == color and position - COLOR_WINDOW <= p < position for p, c in colors):

@@ -74,6 +74,10 @@ class TrainerConfig:
     """Which checkpoint becomes model/: "val_cider" (the best validation CIDEr-D) or "last".
     SCST recipes take the last: picking by CIDEr-D would undo what another reward taught."""
 
+    def __post_init__(self) -> None:
+        if self.select not in ("val_cider", "last"):
+            raise ValueError(f"trainer.select must be val_cider or last, not {self.select!r}")
+
 
 @dataclass
 class TrainConfig:

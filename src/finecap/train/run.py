@@ -79,8 +79,6 @@ def train(config: TrainConfig, init: str | Path | None = None) -> Path:
     task = create_task(config, vocab, model)
     data.vocab, data.preprocess = vocab, task.model.encoder.preprocess
 
-    if config.trainer.select not in ("val_cider", "last"):
-        raise ValueError(f"trainer.select must be val_cider or last, not {config.trainer.select!r}")
     select_by_cider = config.trainer.select == "val_cider" and data.val_records
     monitor = "val/CIDEr" if select_by_cider else None  # None: the last checkpoint
     trainer, checkpoint = _make_trainer(config, out, monitor)
