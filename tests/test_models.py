@@ -145,6 +145,8 @@ def test_grouped_sequences_equal_repeated_images(decoder: str) -> None:
         if decoder == "transformer":
             assert any(key.startswith(IMAGE_KEY) for key in a)  # shared, not repeated
             torch.testing.assert_close(kept[f"{IMAGE_KEY}k0"], a[f"{IMAGE_KEY}k0"][1:])
+        with pytest.raises(ValueError, match="5 captions for 2 images"):
+            model.decoder(enc, tokens[:5])
 
 
 def _assert_same_captions(a: Captioner, b: Captioner, beam_size: int = 2) -> None:

@@ -89,6 +89,14 @@ class Decoder(nn.Module, ABC):
 IMAGE_KEY = "image/"
 
 
+def captions_per_image(enc: EncoderOutput, tokens: Tensor) -> int:
+    """G of teacher forcing's tokens (B*G, T) for B images; a clear error when not a multiple."""
+    images, captions = enc.pooled.shape[0], tokens.shape[0]
+    if captions % images:
+        raise ValueError(f"{captions} captions for {images} images: not the same number each")
+    return captions // images
+
+
 def reorder_state(state: State, index: Tensor, group: int = 1) -> State:
     """Pick sequence rows `index` (N,) of every state tensor (beams after a top-k, or the
     images still decoding). `index` keeps each image's `group` sequences together, so the

@@ -19,6 +19,7 @@ from finecap.models.decoder import (
     DecoderOutput,
     State,
     StepOutput,
+    captions_per_image,
     register_decoder,
 )
 from finecap.models.encoders import EncoderOutput
@@ -71,7 +72,7 @@ class LSTMAttentionDecoder(Decoder):
         return StepOutput(logits, {**state, "h": h, "c": c}, alpha)
 
     def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
-        state = self.init_state(enc, group=tokens.shape[0] // enc.pooled.shape[0])
+        state = self.init_state(enc, group=captions_per_image(enc, tokens))
         logits, alphas = [], []
         for t in range(tokens.shape[1]):
             out = self.step(tokens[:, t], state)

@@ -23,6 +23,7 @@ from finecap.models.decoder import (
     DecoderOutput,
     State,
     StepOutput,
+    captions_per_image,
     register_decoder,
 )
 from finecap.models.encoders import EncoderOutput
@@ -189,8 +190,8 @@ class TransformerDecoder(Decoder):
         return self.out(self.norm(x)), weights
 
     def forward(self, enc: EncoderOutput, tokens: Tensor) -> DecoderOutput:
-        group = tokens.shape[0] // enc.pooled.shape[0]
-        logits, weights = self._full(tokens, self.init_state(enc, group, cache=False))
+        state = self.init_state(enc, captions_per_image(enc, tokens), cache=False)
+        logits, weights = self._full(tokens, state)
         return DecoderOutput(logits, weights)
 
 
