@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from finecap.captioner import Captioner
+from finecap.config import ConfigError
 from finecap.data.vocab import Vocab
 from finecap.hub import WeightsNotFoundError
 from finecap.models import (
     CaptionModel,
-    EncoderConfig,
+    ModelConfig,
     create_encoder,
+    encoder_config,
     list_decoders,
     list_encoders,
     reorder_state,
@@ -88,7 +90,7 @@ def test_precomputed_features_equal_pixel_path(encoder: str) -> None:
 
 
 def test_masked_features_pool_over_real_regions_only() -> None:
-    encoder = create_encoder(EncoderConfig(width=8, image_size=32))
+    encoder = create_encoder(encoder_config("small_cnn", width=8, image_size=32))
     regions = torch.randn(2, 5, 8)
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
     out = encoder.encode_features(regions, mask)
@@ -189,12 +191,12 @@ def test_missing_hub_name_offline_is_one_clear_sentence(encoder: str, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
     name = "finecap-tests/no-such-model"
     with pytest.raises(WeightsNotFoundError) as info:
-        create_encoder(EncoderConfig(name=encoder, pretrained=name))
+        create_encoder(encoder_config(encoder, pretrained=name))
     message = str(info.value)
     assert name in message and "offline" in message
     assert "\n" not in message and message.count(". ") == 0 and message.endswith(".")
 
 
 def test_unknown_encoder_names_the_registered_ones() -> None:
-    with pytest.raises(KeyError, match="small_cnn"):
-        create_encoder(EncoderConfig(name="no-such-encoder"))
+    with pytest.raises(ConfigError, match="unknown encoder 'no-such-encoder'.*small_cnn"):
+        ModelConfig.load({"encoder": {"name": "no-such-encoder"}})

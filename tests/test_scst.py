@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from finecap.captioner import Captioner
 from finecap.data.images import load_image
 from finecap.decoding import SamplingConfig, sample
-from finecap.rewards import Reward, RewardBatch, register_reward
+from finecap.rewards import Reward, RewardBatch, RewardConfig, register_reward
 from finecap.scenes import generate_world
 from finecap.train.config import load_config
 from finecap.train.run import train
@@ -28,11 +29,18 @@ CONFIGS = Path(__file__).parents[1] / "src" / "finecap" / "configs"
 TARGET = "red"
 
 
-@register_reward("test_says_red")
+class SaysRedConfig(RewardConfig):
+    name: Literal["test_says_red"] = "test_says_red"
+
+
+@register_reward("test_says_red", config=SaysRedConfig)
 class SaysRed(Reward):
     """1 per occurrence of the word "red" (a reward a tiny model can learn in a few steps)."""
 
     name = "test_says_red"
+
+    def __init__(self, config: SaysRedConfig) -> None:
+        self.config = config
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         return torch.tensor([float(c.split().count(TARGET)) for c in batch.captions])
@@ -104,5 +112,5 @@ def test_every_scst_recipe_names_known_rewards(path: Path) -> None:
 
     config = load_config(path)
     assert config.task == "scst"
-    for term in config.scst.get("rewards", []):
-        assert term["name"] in list_rewards()
+    for term in config.scst.rewards:
+        assert term.name in list_rewards()

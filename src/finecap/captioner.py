@@ -1,7 +1,10 @@
 """`Captioner`: the user-facing model — load, caption images, save.
 
-A saved captioner is a folder: `config.json` (model config), `model.safetensors` (weights)
-and `vocab.json`. The CLI, trainer and reproduce pipeline all go through this class.
+A saved captioner is a folder: `config.json` (`{"format": 2, "model": ModelConfig, "finecap":
+{...training facts}}`: what the model is, no machine paths), `model.safetensors` (weights),
+`vocab.json`, and for a Hugging Face backbone `backbone/` (its config and image processor, so
+the model rebuilds offline). Folders of format 1 (before the typed config layer; no `format`
+key) still load. The CLI, trainer and reproduce pipeline all go through this class.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from finecap.config import ConfigError
 from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import Decoded, DecodingConfig, decode
 from finecap.models import CaptionModel, ModelConfig
@@ -27,6 +31,7 @@ from finecap.models.encoders import HFImageEncoder
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 BACKBONE_DIR = "backbone"
+FORMAT = 2  # config.json layout; 1 = before the typed config layer (no "format" key)
 
 
 @dataclass
@@ -48,8 +53,10 @@ class Captioner:
         return self.model.config
 
     @classmethod
-    def create(cls, config: ModelConfig, vocab: Vocab) -> Captioner:
-        return cls(CaptionModel(config, len(vocab)), vocab)
+    def create(
+        cls, config: ModelConfig, vocab: Vocab, backbone_dir: Path | None = None
+    ) -> Captioner:
+        return cls(CaptionModel(config, len(vocab), backbone_dir), vocab)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike | None = None) -> Captioner:
@@ -60,28 +67,26 @@ class Captioner:
             raise FileNotFoundError(
                 f"{folder}: not a finecap captioner folder (missing {', '.join(missing)})"
             )
-        data = json.loads((folder / CONFIG_FILE).read_text())
-        config = ModelConfig.from_dict(data["model"])
-        backbone_dir = folder / BACKBONE_DIR
-        if backbone_dir.is_dir():
-            # A pretrained backbone's weights are in model.safetensors already: rebuild it from
-            # its saved config instead of looking the weights up on the hub again.
-            config.encoder = HFImageEncoder.config_from_folder(config.encoder, backbone_dir)
+        config = read_model_config(folder / CONFIG_FILE)
+        # A pretrained backbone's weights are in model.safetensors already: rebuild it from its
+        # saved config instead of looking the weights up on the hub again.
+        backbone_dir = folder / BACKBONE_DIR if (folder / BACKBONE_DIR).is_dir() else None
         vocab = Vocab.load(folder / VOCAB_FILE)
-        captioner = cls.create(config, vocab)
+        captioner = cls.create(config, vocab, backbone_dir)
         captioner.model.load_state_dict(load_file(folder / WEIGHTS_FILE))
         captioner.model.eval()
         return captioner
 
     def save_pretrained(self, folder: str | os.PathLike, extra: dict | None = None) -> None:
-        """Write the folder atomically: a temp folder beside it, then a rename."""
+        """Write the folder atomically: a temp folder beside it, then a rename. `extra`: facts
+        about how it was trained (plain JSON data, no machine paths), under "finecap"."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
             save_file(state, tmp / WEIGHTS_FILE)
-            meta = {"model": self.config.to_dict(), "finecap": extra or {}}
+            meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
             self.vocab.save(tmp / VOCAB_FILE)
             if isinstance(self.model.encoder, HFImageEncoder):
@@ -111,7 +116,7 @@ class Captioner:
         decoding = decoding or DecodingConfig(beam_size=beam_size)
         if decoding.max_len > self.config.decoder.max_len:
             # The model never saw longer captions (and the transformer has no positions for them).
-            decoding = replace(decoding, max_len=self.config.decoder.max_len)
+            decoding = decoding.replace(max_len=self.config.decoder.max_len)
         self.model.eval()
         results: list[Caption] = []
         for start in range(0, len(images), batch_size):
@@ -141,3 +146,19 @@ class Captioner:
                 attention = decoded.attention[i, steps].float().cpu()
             out.append(Caption(text, words, float(decoded.scores[i]), attention, grid))
         return out
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The model section of a saved captioner's config.json, checked as a recipe is."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the model config ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a `model` section")
+    version = data.get("format", 1)
+    if version == 1:
+        return ModelConfig.from_saved(data["model"], str(path))
+    if version != FORMAT:
+        raise ConfigError(f"{path}: format {version!r} is newer than this finecap ({FORMAT})")
+    return ModelConfig.load(data["model"], str(path))

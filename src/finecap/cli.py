@@ -1,13 +1,20 @@
-"""The `finecap` command: one sub-command per module in `finecap.commands`.
+"""The `finecap` command: `finecap COMMAND [SUBCOMMAND] [OPTIONS]`.
 
-Each command module exposes `register(subparsers)`, which adds its parser and sets
-`func=handler` where `handler(args) -> int` returns the exit status.
+Each command's options are a typed settings class (`finecap.config.Settings`) in its module
+under `finecap.commands`; tyro builds the parser from it (flags, types, defaults and help from
+the field docstrings), so no command restates a default or copies parsed values by hand. A
+module lists its commands in `COMMANDS = {SUBCOMMAND or "": (OptionsClass, handler)}`, where
+`handler(options) -> int` returns the exit status. Modules are imported only when their
+command runs, so `finecap --help` stays fast.
+
+Every failure a user can fix (`finecap.errors.UserError`: a bad setting, a missing file,
+weights that are not downloaded) is printed as one message and exits 2, without a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import inspect
 import os
 import sys
 
@@ -16,31 +23,118 @@ import sys
 # cost little on an idle machine. Set before torch is imported; the user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Modules in finecap.commands, in the order `finecap --help` lists them.
-COMMAND_MODULES = [
-    "caption",
-    "scenes",
-    "train",
-    "evaluate",
-    "pairwise",
-    "clip",
-    "grammar",
-    "reproduce",
-]
+# name -> (module, help, {subcommand: help} or None), in the order `finecap --help` lists them.
+TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
+    "caption": ("finecap.commands.caption", "caption images or folders of images", None),
+    "scenes": (
+        "finecap.commands.scenes",
+        "the embedded scenes world (our CLEVR)",
+        {"generate": "generate images, dataset.json (Karpathy format) and finecapeval.csv"},
+    ),
+    "train": ("finecap.commands.train", "train a captioner from a recipe (MLE or SCST)", None),
+    "recipes": ("finecap.commands.train", "list the shipped training recipes", None),
+    "evaluate": (
+        "finecap.commands.evaluate",
+        "score captions: n-gram, CLIP-S, retrieval, FineCapEval, BERTScore, diversity",
+        None,
+    ),
+    "pairwise": (
+        "finecap.commands.pairwise",
+        "human A/B comparison of two systems",
+        {"make": "write the blind comparison page", "tally": "win/lose/tie from judgments"},
+    ),
+    "clip": (
+        "finecap.commands.clip",
+        "train a CLIP for rewards and evaluation",
+        {"train": "train a CLIP (Hugging Face format) on a dataset's descriptions and references"},
+    ),
+    "grammar": (
+        "finecap.commands.grammar",
+        "grammar head (fluency reward g(c))",
+        {
+            "train": "fine-tune a CLIP text encoder with a grammar head",
+            "score": "print g(c), the probability each text is fluent",
+        },
+    ),
+    "reproduce": (
+        "finecap.commands.reproduce",
+        "scenes world -> CLIP, grammar head, MLE and SCST captioners -> metrics + report",
+        None,
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finecap", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"finecap.commands.{name}").register(sub)
-    return parser
+def _overview(prog: str, entries: dict[str, str]) -> str:
+    width = max(map(len, entries)) + 2
+    lines = [f"usage: {prog} COMMAND [OPTIONS]   ({prog} COMMAND --help for its options)", ""]
+    lines += [f"  {name:<{width}}{text}" for name, text in entries.items()]
+    return "\n".join(lines)
+
+
+def _words(argv: list[str]) -> tuple[str, str, list[str]] | int:
+    """(command, subcommand or "", the rest of argv), or an exit status after printing help."""
+    commands = {name: text for name, (_, text, _) in TABLE.items()}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_overview("finecap", commands), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in TABLE:
+        print(f"finecap: unknown command {name!r}\n\n{_overview('finecap', commands)}")
+        return 2
+    subcommands = TABLE[name][2]
+    if subcommands is None:
+        return name, "", rest
+    if not rest or rest[0] in ("-h", "--help") or rest[0] not in subcommands:
+        known = _overview(f"finecap {name}", subcommands)
+        if rest and rest[0] not in ("-h", "--help"):
+            print(f"finecap {name}: unknown subcommand {rest[0]!r}\n", file=sys.stderr)
+        print(known, file=sys.stdout if rest[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if rest[:1] in (["-h"], ["--help"]) else 2
+    return name, rest[0], rest[1:]
+
+
+def parse(argv: list[str]) -> tuple[str, object, object] | int:
+    """(prog, options, handler) for a command line, or the exit status of a help/usage error."""
+    import tyro
+
+    from finecap.errors import UserError
+
+    words = _words(argv)
+    if isinstance(words, int):
+        return words
+    name, sub, rest = words
+    module_name, text, subcommands = TABLE[name]
+    options_class, handler = importlib.import_module(module_name).COMMANDS[sub or name]
+    prog = f"finecap {name} {sub}".strip()
+    description = (subcommands or {}).get(sub, text)
+    try:
+        options = tyro.cli(
+            options_class,
+            args=rest,
+            prog=prog,
+            description=inspect.cleandoc(options_class.__doc__ or description),
+            config=(tyro.conf.OmitArgPrefixes,),
+        )
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    except UserError as err:  # a value tyro parsed that the settings class refused
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return prog, options, handler
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from finecap.errors import UserError
+
+    parsed = parse(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(parsed, int):
+        return parsed
+    prog, options, handler = parsed
     try:
-        return int(args.func(args) or 0)
+        return int(handler(options) or 0)
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

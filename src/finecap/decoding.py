@@ -6,7 +6,7 @@ with <pad> after it. A caption still going after `max_len` words gets <eos> forc
 `max_len + 1`-th token (as fairseq does), so no caption is longer than `max_len` words.
 
 Beam search is batched across images: the B*K beams of all images advance together, which
-is what makes it fast on a CPU (REFERENCE.md §5: batching is worth ~10x).
+is what makes it fast on a CPU (7x against one image at a time: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import Tensor
 
+from finecap.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from finecap.data.vocab import Vocab
 from finecap.models.decoder import Decoder, reorder_state
 from finecap.models.encoders import EncoderOutput
@@ -25,26 +27,25 @@ from finecap.models.encoders import EncoderOutput
 BOS, EOS, PAD = Vocab.bos_id, Vocab.eos_id, Vocab.pad_id
 
 
-@dataclass
-class DecodingConfig:
+class DecodingConfig(Settings):
     """How to turn a model into captions; not part of the model."""
 
-    beam_size: int = 1
+    beam_size: PositiveInt = 1
     """1 = greedy decoding."""
-    max_len: int = 20
-    """Most words per caption (an <eos> may follow)."""
-    length_penalty: float = 0.0
+    max_len: PositiveInt = 20
+    """Most words per caption (an <eos> may follow); at most the model's decoder.max_len."""
+    length_penalty: NonNegativeFloat = 0.0
     """GNMT alpha: beams rank by logp / ((5 + len) / 6) ** alpha; 0 = plain sum of log-probs."""
-    n_best: int = 1
-    """Captions returned per image by beam search."""
+    n_best: PositiveInt = 1
+    """Captions returned per image by beam search (at most beam_size)."""
     block_trigrams: bool = False
     """Forbid a beam from repeating a trigram it already contains."""
 
-    def __post_init__(self) -> None:
-        if self.beam_size < 1 or self.max_len < 1:
-            raise ValueError("beam_size and max_len must be at least 1")
-        if not 1 <= self.n_best <= self.beam_size:
-            raise ValueError(f"n_best must be between 1 and beam_size ({self.beam_size})")
+    @model_validator(mode="after")
+    def _n_best_fits(self) -> DecodingConfig:
+        if self.n_best > self.beam_size:
+            raise ValueError(f"n_best ({self.n_best}) must be at most beam_size ({self.beam_size})")
+        return self
 
 
 @dataclass
@@ -110,15 +111,14 @@ def greedy(
     return _left_to_right(decoder, enc, max_len, lambda logits: logits.argmax(-1), keep_attention)
 
 
-@dataclass
-class SamplingConfig:
-    n: int = 5
+class SamplingConfig(Settings):
+    n: PositiveInt = 5
     """Captions sampled per image (SCST's K)."""
-    max_len: int = 20
-    temperature: float = 1.0
-    top_k: int = 0
+    max_len: PositiveInt = 20
+    temperature: PositiveFloat = 1.0
+    top_k: NonNegativeInt = 0
     """Keep only the k most likely words (0 = all)."""
-    top_p: float = 1.0
+    top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling: keep the smallest set of words with this much probability."""
 
 

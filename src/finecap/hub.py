@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from finecap.errors import UserError
 
-class WeightsNotFoundError(RuntimeError):
+
+class WeightsNotFoundError(UserError, RuntimeError):
     """Pretrained weights that are neither in a local folder nor downloadable."""
 
 

@@ -16,7 +16,13 @@ from PIL import Image
 
 from finecap.captioner import Captioner
 from finecap.data.vocab import SPECIALS, Vocab
-from finecap.models import DecoderConfig, EncoderConfig, ModelConfig
+from finecap.models import (
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    decoder_config,
+    encoder_config,
+)
 
 # Tiny HF backbones (the transformers test-suite style: hidden 32, 2 layers, 30-px images).
 TINY_HF_CONFIGS: dict[str, dict] = {
@@ -41,27 +47,19 @@ def tiny_vocab() -> Vocab:
 
 def tiny_encoder_config(name: str = "small_cnn", freeze: bool = False) -> EncoderConfig:
     """small_cnn: 32 px -> 4x4 grid of 16 features; HF encoders: the tiny configs above."""
-    return EncoderConfig(
-        name=name,
-        freeze=freeze,
-        image_size=32,
-        width=16,
-        hf_config=dict(TINY_HF_CONFIGS.get(name, {})),
-    )
+    if name == "small_cnn":
+        return encoder_config(name, freeze=freeze, image_size=32, width=16)
+    return encoder_config(name, freeze=freeze, hf_config=dict(TINY_HF_CONFIGS[name]))
+
+
+TINY_DECODERS = {
+    "lstm": dict(embed_size=16, attention_size=16),
+    "transformer": dict(num_layers=2, num_heads=4, ffn_size=48),
+}
 
 
 def tiny_decoder_config(name: str = "lstm", max_len: int = 12) -> DecoderConfig:
-    return DecoderConfig(
-        name=name,
-        hidden_size=32,
-        embed_size=16,
-        attention_size=16,
-        num_layers=2,
-        num_heads=4,
-        ffn_size=48,
-        dropout=0.0,
-        max_len=max_len,
-    )
+    return decoder_config(name, hidden_size=32, dropout=0.0, max_len=max_len, **TINY_DECODERS[name])
 
 
 def save_tiny_backbone(encoder: str, folder: str | Path, seed: int = 0) -> Path:
@@ -105,8 +103,8 @@ def make_tiny_captioner(
     enc_config = tiny_encoder_config(encoder, freeze)
     if tmp_path is not None and encoder in TINY_HF_CONFIGS:
         folder = save_tiny_backbone(encoder, Path(tmp_path) / f"tiny-{encoder}", seed)
-        enc_config = EncoderConfig(name=encoder, pretrained=str(folder), freeze=freeze)
-    config = ModelConfig(enc_config, tiny_decoder_config(decoder, max_len))
+        enc_config = encoder_config(encoder, pretrained=str(folder), freeze=freeze)
+    config = ModelConfig(encoder=enc_config, decoder=tiny_decoder_config(decoder, max_len))
     torch.manual_seed(seed)
     captioner = Captioner.create(config, tiny_vocab())
     captioner.model.eval()

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from finecap.errors import UserError
 
-class ClipUnavailableError(RuntimeError):
+
+class ClipUnavailableError(UserError, RuntimeError):
     """A CLIP could not be loaded; the message is one sentence saying what to do."""
 
 

@@ -32,12 +32,14 @@ import json
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
@@ -46,16 +48,18 @@ from finecap.clip.train import (
     CLIP_PROMPT,
     RecordPixels,
     clip_loss,
-    cosine_schedule,
     descriptions_of,
     encode_pixels,
+    fraction_schedule,
     loader_and_trainer,
     pooled_texts,
     retrieval_eval,
 )
+from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.data.vocab import simple_tokenize
 from finecap.io import atomic_write_text
+from finecap.train.lightning import LightningConfig
 
 HEAD_FILE, CONFIG_FILE = "grammar_head.safetensors", "grammar_config.json"
 
@@ -252,19 +256,25 @@ def freeze_vision(clip: nn.Module) -> None:
 # --------------------------------------------------------------------------- training
 
 
-@dataclass
-class GrammarTrainConfig:
-    epochs: int = 6  # an epoch visits every training reference once
-    batch_size: int = 64
-    lr: float = 5e-4  # reference: 1e-4 (see the module docstring)
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.05
-    description_prob: float = 0.3  # positives: a description (long, fluent) or a reference
+class GrammarTrainConfig(Settings):
+    epochs: PositiveInt = 6
+    """Passes over the training references."""
+    batch_size: int = Field(64, ge=2)
+    lr: PositiveFloat = 5e-4
+    """AdamW learning rate (Cho et al.: 1e-4; see the module docstring)."""
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_frac: Probability = 0.05
+    description_prob: Probability = 0.3
+    """Share of positives drawn from detailed descriptions (long, fluent) instead of references."""
     seed: int = 0
     eval_split: str = "test"
     prompt: str = CLIP_PROMPT
-    kinds: list[str] = field(default_factory=lambda: list(NEGATIVES))
-    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
+    """Prepended to every caption before the text encoder (Cho et al.)."""
+    kinds: list[Literal[tuple(NEGATIVES)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(NEGATIVES), min_length=1
+    )
+    """Negative kinds to train on."""
+    trainer: LightningConfig = LightningConfig()
 
 
 class CaptionNegatives(Dataset):
@@ -345,8 +355,7 @@ class GrammarTask(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        sched = cosine_schedule(opt, self.trainer.estimated_stepping_batches, self.cfg.warmup_frac)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": fraction_schedule(self, opt)}
 
 
 def first_occurrences(index: torch.Tensor) -> torch.Tensor:
@@ -416,8 +425,6 @@ def train_grammar(
     from finecap.clip.embed import load_clip
 
     cfg = cfg or GrammarTrainConfig()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, verbose=False)
     corpus = load_corpus(dataset)
     train_records = [
@@ -471,7 +478,7 @@ def train_grammar(
         "train_seconds": round(train_s, 1),
         "train_cpu_seconds": round(train_cpu_s, 1),
         "torch_threads": torch.get_num_threads(),
-        "train": asdict(cfg),
+        "train": cfg.to_dict(),
     }
     atomic_write_text(Path(out_dir) / "grammar_eval.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -23,58 +23,83 @@ test split.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from tokenizers import pre_tokenizers
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
 from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
 from finecap.data.images import load_image
 from finecap.io import atomic_write_text
+from finecap.train.lightning import LightningConfig, make_trainer, warmup_cosine_schedule
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_PROMPT = "A photo depicts "  # Hessel et al.'s CLIP-S prompt; see ClipTrainConfig.prompt_prob
 
 
-@dataclass
-class ScenesClipConfig:
+class ScenesClipConfig(Settings):
     """Architecture of a CLIP trained from scratch (Hugging Face `CLIPConfig` fields)."""
 
-    image_size: int = 96
-    patch_size: int = 12  # 96 / 12 = 8 x 8 patches + [CLS]
-    vision_hidden: int = 192
-    vision_layers: int = 4
-    text_hidden: int = 192
-    text_layers: int = 4
-    heads: int = 4
-    projection_dim: int = 128
-    max_text_length: int = 77  # CLIP's context length; longer texts are truncated (EOS kept)
-    bpe_vocab_size: int = 2000  # upper bound; a small world's text needs fewer merges
+    image_size: int = Field(96, ge=16)
+    """ViT input side in pixels."""
+    patch_size: PositiveInt = 12
+    """ViT patch side in pixels (96 / 12 = 8 x 8 patches + [CLS])."""
+    vision_hidden: PositiveInt = 192
+    vision_layers: PositiveInt = 4
+    text_hidden: PositiveInt = 192
+    text_layers: PositiveInt = 4
+    heads: PositiveInt = 4
+    """Attention heads of both towers; must divide both widths."""
+    projection_dim: PositiveInt = 128
+    max_text_length: PositiveInt = 77
+    """CLIP's context length; longer texts are truncated (EOS kept)."""
+    bpe_vocab_size: int = Field(2000, ge=514)
+    """Upper bound on the BPE vocabulary (256 bytes twice, BOS, EOS, then merges)."""
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> ScenesClipConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
+            )
+        for width in ("vision_hidden", "text_hidden"):
+            size = getattr(self, width)
+            if size % self.heads:
+                raise ValueError(f"heads ({self.heads}) must divide {width} ({size})")
+        return self
 
 
-@dataclass
-class ClipTrainConfig:
+class ClipTrainConfig(Settings):
     """How to train (or fine-tune) the CLIP."""
 
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 5e-4  # from scratch; fine-tuning a pretrained CLIP wants ~1e-5
-    weight_decay: float = 0.1
-    warmup_frac: float = 0.05
-    description_prob: float = 0.8  # per image and epoch: a description, else a reference
-    prompt_prob: float = 0.5  # prepend CLIP_PROMPT, so texts with and without it both work
+    epochs: PositiveInt = 12
+    batch_size: int = Field(128, ge=2)
+    """Images per batch (each batch's other images are the negatives)."""
+    lr: PositiveFloat | None = None
+    """AdamW learning rate; None: 5e-4 from scratch, 1e-5 when fine-tuning (`init`)."""
+    weight_decay: NonNegativeFloat = 0.1
+    warmup_frac: Probability = 0.05
+    """Share of the steps spent warming up linearly, then cosine decay to 0."""
+    description_prob: Probability = 0.8
+    """Chance per image and epoch to train on a detailed description, else a reference."""
+    prompt_prob: Probability = 0.5
+    """Chance to prepend CLIP_PROMPT, so texts with and without it both work."""
     seed: int = 0
     eval_split: str = "test"
-    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
+    """Split of the retrieval check written to clip_eval.json."""
+    trainer: LightningConfig = LightningConfig()
+
+    def learning_rate(self, fine_tuning: bool) -> float:
+        return self.lr if self.lr is not None else (1e-5 if fine_tuning else 5e-4)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -310,48 +335,14 @@ class ImageTextPairs(Dataset):
         return self.pixels[i], text
 
 
-def cosine_schedule(
-    opt: torch.optim.Optimizer, total_steps: int, warmup_frac: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_frac` of the steps, then cosine decay to 0."""
-    warmup = max(1, int(warmup_frac * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (
-            1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup)))
-        )
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-class EpochSummary(L.Callback):
-    """One flushed line per epoch (logged metrics + elapsed time), readable in a log file."""
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        values = {
-            k.removesuffix("_epoch"): float(v)
-            for k, v in trainer.callback_metrics.items()
-            if not k.endswith("_step")
-        }
-        metrics = " ".join(f"{k} {v:.3f}" for k, v in values.items())
-        elapsed = time.perf_counter() - self.started
-        print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {metrics} ({elapsed:.0f} s)",
-            flush=True,
-        )
-
-
 class ClipTask(L.LightningModule):
     """CLIP contrastive training: model + loss + the AdamW/cosine schedule."""
 
-    def __init__(self, model: CLIPModel, tokenizer: CLIPTokenizer, cfg: ClipTrainConfig):
+    def __init__(
+        self, model: CLIPModel, tokenizer: CLIPTokenizer, cfg: ClipTrainConfig, lr: float
+    ) -> None:
         super().__init__()
-        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.model, self.tokenizer, self.cfg, self.lr = model, tokenizer, cfg, lr
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -375,10 +366,15 @@ class ClipTask(L.LightningModule):
                 {"params": decay, "weight_decay": self.cfg.weight_decay},
                 {"params": rest, "weight_decay": 0.0},
             ],
-            lr=self.cfg.lr,
+            lr=self.lr,
         )
-        sched = cosine_schedule(opt, self.trainer.estimated_stepping_batches, self.cfg.warmup_frac)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": fraction_schedule(self, opt)}
+
+
+def fraction_schedule(task: L.LightningModule, opt: torch.optim.Optimizer) -> dict:
+    """finecap's warm-up + cosine schedule (to 0), warming up over `task.cfg.warmup_frac`."""
+    total = max(1, int(task.trainer.estimated_stepping_batches))
+    return warmup_cosine_schedule(opt, max(1, int(task.cfg.warmup_frac * total)), total)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -414,7 +410,7 @@ def retrieval_eval(
 
 
 def loader_and_trainer(data: Dataset, cfg) -> tuple[DataLoader, L.Trainer]:  # noqa: ANN001
-    """Seeded shuffled batches and a log-free trainer, shared by CLIP and grammar training."""
+    """Seeded shuffled batches and finecap's log-free trainer, for CLIP and grammar training."""
     loader = DataLoader(
         data,
         batch_size=cfg.batch_size,
@@ -422,17 +418,7 @@ def loader_and_trainer(data: Dataset, cfg) -> tuple[DataLoader, L.Trainer]:  # n
         drop_last=len(data) > cfg.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=[EpochSummary()],
-    )
-    return loader, trainer
+    return loader, make_trainer(cfg.trainer, cfg.epochs)
 
 
 def train_clip(
@@ -447,8 +433,6 @@ def train_clip(
     Returns the evaluation written to `out_dir/clip_eval.json`.
     """
     arch, cfg = arch or ScenesClipConfig(), cfg or ClipTrainConfig()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, verbose=False)
     corpus = load_corpus(dataset)
     train_records = corpus.split("train")
@@ -476,7 +460,7 @@ def train_clip(
     data = ImageTextPairs(train_pixels, train_records, cfg)
     loader, trainer = loader_and_trainer(data, cfg)
     started, cpu_started = time.perf_counter(), time.process_time()
-    trainer.fit(ClipTask(model, tokenizer, cfg), loader)
+    trainer.fit(ClipTask(model, tokenizer, cfg, cfg.learning_rate(init is not None)), loader)
     train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
 
     out = Path(out_dir)
@@ -500,8 +484,8 @@ def train_clip(
         "train_seconds": round(train_s, 1),
         "train_cpu_seconds": round(train_cpu_s, 1),  # all threads; the machine may be shared
         "torch_threads": torch.get_num_threads(),
-        "arch": asdict(arch) if init is None else None,
-        "train": asdict(cfg),
+        "arch": arch.to_dict() if init is None else None,
+        "train": cfg.to_dict(),
     }
     atomic_write_text(out / "clip_eval.json", json.dumps(result, indent=2) + "\n")
     return result

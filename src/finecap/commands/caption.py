@@ -9,17 +9,21 @@ bounded by one batch of decoded images. Lines come out in input order, one per f
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import tyro
 from PIL import Image
+from pydantic import Field
 from tqdm import tqdm
+from tyro.conf import Positional
 
 from finecap.attention_maps import figure_names, save_attention_figure
 from finecap.captioner import DEFAULT_MODEL_DIR, Caption, Captioner
+from finecap.config import PositiveInt, Settings
 from finecap.data.images import ImageLoadError, iter_image_files, load_image
 from finecap.decoding import DecodingConfig
 from finecap.hub import WeightsNotFoundError
@@ -28,40 +32,27 @@ PROG = "finecap caption"
 PROGRESS_MIN_IMAGES = 8  # a bar for a handful of images is noise
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "caption",
-        help="caption images or folders of images",
-        description="Caption images (folders give their image files). Prints PATH<TAB>caption "
-        "per image, or one JSON object per line with --json; unreadable files get an error line "
-        "and make the exit status 1.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    parser.add_argument(
-        "--model", default=None, metavar="DIR", help="saved captioner folder (default: bundled)"
-    )
-    parser.add_argument(
-        "--beam-size", type=int, default=3, metavar="N", help="1 = greedy (default 3)"
-    )
-    parser.add_argument(
-        "--max-len",
-        type=int,
-        default=20,
-        metavar="N",
-        help="most words per caption, capped at the model's own limit (default 20)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)"
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument(
-        "--attention",
-        metavar="DIR",
-        default=None,
-        help="write DIR/<image stem>.png: where the decoder looked for each word",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=handler)
+class CaptionOptions(Settings):
+    """Caption images (folders give their image files). Prints PATH<TAB>caption per image, or
+    one JSON object per line with --json; unreadable files get an error line and make the exit
+    status 1."""
+
+    paths: Positional[list[str]] = Field(min_length=1)
+    """Image files or folders."""
+    model: str | None = None
+    """Saved captioner folder (default: the bundled scenes model)."""
+    beam_size: PositiveInt = 3
+    """Beams per image; 1 = greedy."""
+    max_len: PositiveInt = 20
+    """Most words per caption, capped at the model's own limit."""
+    batch_size: PositiveInt = 32
+    """Images decoded together."""
+    as_json: Annotated[bool, tyro.conf.arg(name="json")] = False
+    """One JSON object per line."""
+    attention: str | None = None
+    """Write DIR/<image stem>.png: where the decoder looked for each word."""
+    progress: bool = True
+    """Show a progress bar (from 8 images on)."""
 
 
 @dataclass
@@ -91,9 +82,7 @@ def _load_captioner(model: str | None) -> Captioner:
         raise ValueError(f"cannot load the model: {err}") from err
 
 
-def handler(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        return _usage_error("--batch-size must be at least 1")
+def handler(args: CaptionOptions) -> int:
     try:
         decoding = DecodingConfig(beam_size=args.beam_size, max_len=args.max_len)
         captioner = _load_captioner(args.model)
@@ -112,7 +101,7 @@ def handler(args: argparse.Namespace) -> int:
         total=len(items),
         unit="img",
         file=sys.stderr,
-        disable=True if args.no_progress or len(items) < PROGRESS_MIN_IMAGES else None,
+        disable=True if not args.progress or len(items) < PROGRESS_MIN_IMAGES else None,
     )
     with bar:
         for window in _windows(items, args.batch_size):
@@ -130,7 +119,7 @@ def handler(args: argparse.Namespace) -> int:
                 if caption is not None and args.attention is not None:
                     _write_figure(item, caption, Path(args.attention))
                 failed |= item.error is not None
-                _report(item, caption, args.json)
+                _report(item, caption, args.as_json)
                 item.image = None  # free the decoded pixels as soon as they are used
             sys.stdout.flush()
             bar.update(len(window))
@@ -176,3 +165,6 @@ def _report(item: _Item, caption: Caption | None, as_json: bool) -> None:
         tqdm.write(f"{item.path}\t{caption.text}", file=sys.stdout)
     if item.error is not None:
         tqdm.write(f"{PROG}: {item.error}", file=sys.stderr)
+
+
+COMMANDS = {"caption": (CaptionOptions, handler)}

@@ -1,40 +1,63 @@
-"""`finecap train --config FILE.yaml [--init MODEL] [--set key=value ...]`."""
+"""`finecap train --config RECIPE [--init MODEL] [--set KEY=VALUE ...] [--print-config]` and
+`finecap recipes`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import Annotated
+
+import tyro
+
+from finecap.config import Settings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train a captioner from a YAML recipe (MLE or SCST)"
-    )
-    parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
-    parser.add_argument(
-        "--init", help="start from this captioner folder (e.g. an MLE model for SCST)"
-    )
-    parser.add_argument("--output-dir", help="override output_dir of the recipe")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set optim.max_epochs=2 (repeatable)",
-    )
-    parser.set_defaults(func=run)
+class TrainOptions(Settings):
+    """Train a captioner from a YAML recipe (MLE or SCST); resumes from
+    OUTPUT_DIR/checkpoints/last.ckpt and exports OUTPUT_DIR/model/."""
+
+    config: str
+    """Recipe: a YAML file, or the name of a shipped recipe (`finecap recipes`)."""
+    init: str | None = None
+    """Start from this captioner folder (e.g. an MLE model for SCST); its architecture and
+    vocabulary replace the recipe's model section."""
+    output_dir: str | None = None
+    """Run folder (overrides the recipe's output_dir)."""
+    set: Annotated[list[str], tyro.conf.UseAppendAction] = []
+    """Override a recipe value: --set optim.lr=1e-4, --set scst.rewards.0.weight=2
+    (repeatable; values are YAML)."""
+    print_config: bool = False
+    """Print the resolved, checked config as YAML and exit without training."""
 
 
-def run(args: argparse.Namespace) -> int:
-    from finecap.train.config import load_config
-    from finecap.train.run import train
+class RecipesOptions(Settings):
+    """List the shipped training recipes (use one with `finecap train --config NAME`)."""
 
-    overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    try:
-        config = load_config(args.config, overrides)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    folder = train(config, init=args.init)
+
+def run_train(options: TrainOptions) -> int:
+    from finecap.train.config import config_to_yaml, load_config
+    from finecap.train.run import resolve_model, train
+
+    overrides = [*options.set]
+    if options.output_dir:
+        overrides.append(f"output_dir={options.output_dir}")
+    config = load_config(options.config, overrides)
+    if options.print_config:
+        config, _ = resolve_model(config, options.init) if options.init else (config, None)
+        sys.stdout.write(config_to_yaml(config))
+        return 0
+    folder = train(config, init=options.init)
     print(f"model saved to {folder}")
     return 0
+
+
+def run_recipes(options: RecipesOptions) -> int:
+    from finecap.config import RECIPES_DIR, list_recipes
+
+    for name in list_recipes():
+        first = (RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[:1]
+        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        print(f"{name:32s} {about}")
+    return 0
+
+
+COMMANDS = {"train": (TrainOptions, run_train), "recipes": (RecipesOptions, run_recipes)}

@@ -33,6 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from finecap.errors import UserError
 from finecap.io import atomic_write_text
 from finecap.registry import Registry
 
@@ -46,7 +47,7 @@ FLICKR8K_SPLIT_FILES = {
 CORPUS_FILE = "dataset.json"  # what a folder written by `finecap.scenes` holds
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A dataset or predictions file is malformed; the message names file, entry and fault."""
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from finecap.errors import UserError
+
 DEFAULT_MAX_PIXELS = 40_000_000
 
 IMAGE_EXTENSIONS = frozenset(
@@ -36,7 +38,7 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An image file could not be turned into an RGB image; the message names the file."""
 
 

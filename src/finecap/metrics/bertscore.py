@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
+from finecap.errors import UserError
 from finecap.metrics.clipscore import pad_references
 from finecap.metrics.suite import EvalContext, System, register_metric
 
 
-class TextEncoderUnavailableError(RuntimeError):
+class TextEncoderUnavailableError(UserError, RuntimeError):
     """No text encoder could be loaded; the message says what to pass or install."""
 
 

@@ -20,6 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from finecap.errors import UserError
+
 NEED_REASONS = {
     "images": "needs the image files (--images DIR)",
     "clip": "needs --clip MODEL (a Hugging Face CLIP: hub name or folder)",
@@ -267,7 +269,7 @@ def run_suite(
     return result
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError, ValueError):
     """Predictions do not match the dataset split; the message names the file and the ids."""
 
 

@@ -13,6 +13,7 @@ from finecap.models.decoder import (
     DecoderOutput,
     StepOutput,
     create_decoder,
+    decoder_config,
     list_decoders,
     register_decoder,
     reorder_state,
@@ -22,9 +23,12 @@ from finecap.models.encoders import (
     EncoderConfig,
     EncoderOutput,
     create_encoder,
+    encoder_config,
     list_encoders,
     register_encoder,
 )
+from finecap.models.lstm import LSTMDecoderConfig
+from finecap.models.transformer import TransformerDecoderConfig
 
 __all__ = [
     "CaptionModel",
@@ -32,8 +36,11 @@ __all__ = [
     "Decoder",
     "DecoderConfig",
     "DecoderOutput",
+    "LSTMDecoderConfig",
+    "TransformerDecoderConfig",
     "StepOutput",
     "create_decoder",
+    "decoder_config",
     "list_decoders",
     "register_decoder",
     "reorder_state",
@@ -41,6 +48,7 @@ __all__ = [
     "EncoderConfig",
     "EncoderOutput",
     "create_encoder",
+    "encoder_config",
     "list_encoders",
     "register_encoder",
 ]

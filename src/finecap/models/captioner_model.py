@@ -2,34 +2,85 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, ClassVar
 
+from pydantic import SerializeAsAny, WrapValidator
 from torch import Tensor, nn
 
-from finecap.models.decoder import DecoderConfig, DecoderOutput, create_decoder
-from finecap.models.encoders import EncoderConfig, EncoderOutput, create_encoder
+from finecap.config import Settings, by_name
+from finecap.models.decoder import (
+    DecoderConfig,
+    DecoderOutput,
+    create_decoder,
+    decoder_config_class,
+)
+from finecap.models.encoders import (
+    EncoderConfig,
+    EncoderOutput,
+    SmallCNNConfig,
+    create_encoder,
+    encoder_config_class,
+)
+from finecap.models.lstm import LSTMDecoderConfig
 
 
-@dataclass
-class ModelConfig:
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+class ModelConfig(Settings):
+    """What a captioner is: its encoder and its decoder, each with its own settings class."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    encoder: Annotated[
+        SerializeAsAny[EncoderConfig],
+        WrapValidator(by_name("encoder", encoder_config_class, "small_cnn")),
+    ] = SmallCNNConfig()
+    """Image encoder; `name` picks its settings (small_cnn, resnet50, clip)."""
+    decoder: Annotated[
+        SerializeAsAny[DecoderConfig],
+        WrapValidator(by_name("decoder", decoder_config_class, "lstm")),
+    ] = LSTMDecoderConfig()
+    """Caption decoder; `name` picks its settings (lstm, transformer)."""
+
+    NAMED_FIELDS: ClassVar[dict] = {
+        "encoder": encoder_config_class,
+        "decoder": decoder_config_class,
+    }
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        return cls(
-            EncoderConfig(**data.get("encoder", {})), DecoderConfig(**data.get("decoder", {}))
-        )
+    def from_saved(cls, data: dict, source: str) -> ModelConfig:
+        """The model section of a saved `config.json`, of this or an earlier finecap version.
+
+        Folders saved before the typed config layer (format 1: no `format` key, e.g. the
+        bundled default until it is retrained) have one flat decoder config with every
+        decoder's fields and `processor_dir` inside `hf_config`: fields the model's own
+        decoder/encoder does not have were ignored by it, so they are dropped here.
+        """
+        return cls.load(upgrade_model_config(data), source)
+
+
+def upgrade_model_config(data: dict) -> dict:
+    """Format-1 model config -> the current layout (see `ModelConfig.from_saved`)."""
+    data = dict(data)
+    for key, lookup, default in (
+        ("encoder", encoder_config_class, "small_cnn"),
+        ("decoder", decoder_config_class, "lstm"),
+    ):
+        section = dict(data.get(key) or {})
+        name = section.get("name", default)
+        fields = lookup(name).model_fields
+        if "hf_config" in section and "processor_dir" in section["hf_config"]:
+            section["hf_config"] = {
+                k: v for k, v in section["hf_config"].items() if k != "processor_dir"
+            }
+        data[key] = {k: v for k, v in section.items() if k in fields}
+    return data
 
 
 class CaptionModel(nn.Module):
-    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+    def __init__(
+        self, config: ModelConfig, vocab_size: int, backbone_dir: Path | None = None
+    ) -> None:
         super().__init__()
         self.config = config
-        self.encoder = create_encoder(config.encoder)
+        self.encoder = create_encoder(config.encoder, backbone_dir)
         self.decoder = create_decoder(config.decoder, vocab_size, self.encoder.feature_dim)
 
     def encode(self, pixels: Tensor) -> EncoderOutput:

@@ -18,36 +18,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
+from pydantic import Field
 from torch import Tensor, nn
 
+from finecap.config import PositiveInt, Settings
 from finecap.models.encoders import EncoderOutput
 from finecap.registry import Registry
 
 State = dict[str, Tensor]
 
 
-@dataclass
-class DecoderConfig:
+class DecoderConfig(Settings):
+    """Settings every decoder has; each registered decoder extends it with its own."""
+
     name: str = "lstm"
-    """Registered decoder name: lstm or transformer."""
-    hidden_size: int = 256
+    """Registered decoder name (`list_decoders()`): lstm or transformer."""
+    hidden_size: PositiveInt = 256
     """H: LSTM hidden size / transformer model width."""
-    embed_size: int = 256
-    """Word embedding size (LSTM; the transformer uses hidden_size)."""
-    attention_size: int = 256
-    """LSTM: size of the additive attention layer."""
-    num_layers: int = 2
-    """Transformer: number of decoder layers (Cho et al. use 6)."""
-    num_heads: int = 8
-    """Transformer: attention heads."""
-    ffn_size: int = 1024
-    """Transformer: feed-forward inner size."""
-    dropout: float = 0.1
-    attention_penalty: float = 1.0
-    """LSTM: lambda of the doubly-stochastic attention penalty (Show, Attend and Tell)."""
-    max_len: int = 24
-    """Longest caption in words, without <bos>/<eos> (sets the transformer's position table)."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_len: PositiveInt = 24
+    """Longest caption in words, without <bos>/<eos>: training captions, decoding and SCST
+    samples may not be longer (the transformer's position table has this many entries)."""
 
 
 @dataclass
@@ -111,6 +104,12 @@ def reorder_state(state: State, index: Tensor, group: int = 1) -> State:
 _DECODERS: Registry[Decoder] = Registry("decoder")
 register_decoder = _DECODERS.register
 list_decoders = _DECODERS.names
+decoder_config_class = _DECODERS.config_class
+
+
+def decoder_config(name: str = "lstm", **settings: Any) -> DecoderConfig:
+    """The validated settings of decoder `name`, e.g. decoder_config("transformer", ...)."""
+    return decoder_config_class(name).load({"name": name, **settings}, "decoder")
 
 
 def create_decoder(config: DecoderConfig, vocab_size: int, feature_dim: int) -> Decoder:

@@ -13,36 +13,58 @@ path is `encode_features(backbone(pixels))`, so both give identical outputs.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field
 from torch import Tensor, nn
 
+from finecap.config import PositiveInt, Settings
 from finecap.hub import from_pretrained
 from finecap.registry import Registry
 
 
-@dataclass
-class EncoderConfig:
+class EncoderConfig(Settings):
+    """Settings every encoder has; each registered encoder extends it with its own."""
+
     name: str = "small_cnn"
-    """Registered encoder name: small_cnn, resnet50 or clip."""
-    pretrained: str | None = None
-    """Hugging Face hub name or local folder (resnet50, clip). None: random initialisation."""
+    """Registered encoder name (`list_encoders()`): small_cnn, resnet50 or clip."""
     freeze: bool = False
     """Keep the backbone's weights fixed (feature extraction only)."""
-    image_size: int = 96
-    """Input side for small_cnn; pretrained encoders use their own image processor."""
-    width: int = 128
-    """small_cnn: channels of the last layer (= feature size D)."""
-    convs_per_stage: int = 1
-    """small_cnn: 3x3 convs at each of the three resolutions (1 = the original 4-layer net)."""
-    hf_config: dict = field(default_factory=dict)
-    """Config overrides for a randomly initialised HF backbone (tests, tiny models)."""
+
+
+class SmallCNNConfig(EncoderConfig):
+    name: Literal["small_cnn"] = "small_cnn"
+    image_size: int = Field(96, ge=16)
+    """Input side in pixels; the grid is image_size / 8 on a side."""
+    width: int = Field(128, ge=4, multiple_of=4)
+    """Channels of the last layer (= feature size D); the stages have D/4, D/2, D."""
+    convs_per_stage: PositiveInt = 1
+    """3x3 convs at each of the three resolutions (1 = the original 4-layer net)."""
+
+
+class HFEncoderConfig(EncoderConfig):
+    """A Hugging Face backbone: pretrained weights, or a random one built from `hf_config`."""
+
+    pretrained: str | None = None
+    """Hugging Face hub name or local folder. None: random initialisation from hf_config."""
+    hf_config: dict[str, Any] = {}
+    """Config fields of a randomly initialised backbone (tests, tiny models)."""
+    processor_dir: str | None = None
+    """Image processor folder for a random backbone (None: resize + ImageNet normalisation)."""
+
+
+class ResNet50Config(HFEncoderConfig):
+    name: Literal["resnet50"] = "resnet50"
+
+
+class CLIPEncoderConfig(HFEncoderConfig):
+    name: Literal["clip"] = "clip"
 
 
 @dataclass
@@ -110,9 +132,19 @@ class Encoder(nn.Module, ABC):
 _ENCODERS: Registry[Encoder] = Registry("encoder")
 register_encoder = _ENCODERS.register
 list_encoders = _ENCODERS.names
+encoder_config_class = _ENCODERS.config_class
 
 
-def create_encoder(config: EncoderConfig) -> Encoder:
+def encoder_config(name: str = "small_cnn", **settings: Any) -> EncoderConfig:
+    """The validated settings of encoder `name`, e.g. encoder_config("clip", pretrained=...)."""
+    return encoder_config_class(name).load({"name": name, **settings}, "encoder")
+
+
+def create_encoder(config: EncoderConfig, backbone_dir: Path | None = None) -> Encoder:
+    """`backbone_dir`: a saved captioner's backbone/ folder (config + image processor), which
+    rebuilds a pretrained backbone offline; its weights come from the captioner's file."""
+    if backbone_dir is not None:
+        return _ENCODERS.create(config.name, config, backbone_dir=backbone_dir)
     return _ENCODERS.create(config.name, config)
 
 
@@ -131,7 +163,7 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-@register_encoder("small_cnn")
+@register_encoder("small_cnn", config=SmallCNNConfig)
 class SmallCNN(Encoder):
     """Three stride-2 stages and a last stride-1 conv: 96 px -> 12x12 grid + learned positions.
 
@@ -144,7 +176,7 @@ class SmallCNN(Encoder):
     MEAN = (0.5, 0.5, 0.5)
     STD = (0.25, 0.25, 0.25)
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: SmallCNNConfig) -> None:
         super().__init__(config)
         w = config.width
         layers: list[nn.Module] = []
@@ -168,6 +200,12 @@ class SmallCNN(Encoder):
         return grid.flatten(2).transpose(1, 2) + self.position  # (B, R, D)
 
 
+def _processor(folder: str | Path | None):  # noqa: ANN202 (a transformers image processor)
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(folder) if folder else None
+
+
 class HFImageEncoder(Encoder):
     """Shared loading for Hugging Face backbones: pretrained folder/hub name or a config."""
 
@@ -175,20 +213,20 @@ class HFImageEncoder(Encoder):
     config_class: type
     what: str
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: HFEncoderConfig, backbone_dir: Path | None = None) -> None:
         super().__init__(config)
         from transformers import AutoImageProcessor
 
-        if config.pretrained:
+        if backbone_dir is not None:  # a saved captioner: architecture and processor only
+            self.model = self.model_class(self.config_class.from_pretrained(backbone_dir))
+            has_processor = (backbone_dir / "preprocessor_config.json").is_file()
+            self.processor = _processor(backbone_dir if has_processor else None)
+        elif config.pretrained:
             self.model = from_pretrained(self.model_class, config.pretrained, self.what)
             self.processor = from_pretrained(AutoImageProcessor, config.pretrained, self.what)
         else:
-            hf_config = {k: v for k, v in config.hf_config.items() if k != "processor_dir"}
-            self.model = self.model_class(self.config_class(**hf_config))
-            processor_dir = config.hf_config.get("processor_dir")
-            self.processor = (
-                AutoImageProcessor.from_pretrained(processor_dir) if processor_dir else None
-            )
+            self.model = self.model_class(self.config_class(**config.hf_config))
+            self.processor = _processor(config.processor_dir)
         self._freeze_if_asked(self.model)
 
     def save_backbone_config(self, folder: Path) -> None:
@@ -197,20 +235,6 @@ class HFImageEncoder(Encoder):
         if self.processor is not None:
             self.processor.save_pretrained(folder)
 
-    @classmethod
-    def config_from_folder(cls, config: EncoderConfig, folder: Path) -> EncoderConfig:
-        """The config that rebuilds this backbone offline from `save_backbone_config` output.
-
-        Weights then come from the captioner's own model.safetensors, never from the hub.
-        """
-        hf_config = json.loads((folder / "config.json").read_text())
-        hf_config = {
-            k: v for k, v in hf_config.items() if k not in ("transformers_version", "architectures")
-        }
-        if (folder / "preprocessor_config.json").is_file():
-            hf_config["processor_dir"] = str(folder)
-        return replace(config, pretrained=None, hf_config=hf_config)
-
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         if self.processor is not None:
             return self.processor(images=images, return_tensors="pt")["pixel_values"]
@@ -218,17 +242,17 @@ class HFImageEncoder(Encoder):
         return _normalise(images, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-@register_encoder("resnet50")
+@register_encoder("resnet50", config=ResNet50Config)
 class ResNetGrid(HFImageEncoder):
     """ResNet-50 without pooling/classifier: the last stage's 7x7 grid (B, 49, 2048)."""
 
     what = "ResNet-50"
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: ResNet50Config, backbone_dir: Path | None = None) -> None:
         from transformers import ResNetConfig, ResNetModel
 
         self.model_class, self.config_class = ResNetModel, ResNetConfig
-        super().__init__(config)
+        super().__init__(config, backbone_dir)
         self.feature_dim = self.model.config.hidden_sizes[-1]
 
     def backbone(self, pixels: Tensor) -> Tensor:
@@ -236,17 +260,17 @@ class ResNetGrid(HFImageEncoder):
         return grid.flatten(2).transpose(1, 2)
 
 
-@register_encoder("clip")
+@register_encoder("clip", config=CLIPEncoderConfig)
 class CLIPGrid(HFImageEncoder):
     """CLIP ViT patch tokens (class token dropped) after the final layer norm: (B, P, D)."""
 
     what = "CLIP vision"
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: CLIPEncoderConfig, backbone_dir: Path | None = None) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
         self.model_class, self.config_class = CLIPVisionModel, CLIPVisionConfig
-        super().__init__(config)
+        super().__init__(config, backbone_dir)
         self.feature_dim = self.model.config.hidden_size
 
     def backbone(self, pixels: Tensor) -> Tensor:

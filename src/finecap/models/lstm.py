@@ -10,9 +10,12 @@ attend to every region over the whole caption.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
+from finecap.config import NonNegativeFloat, PositiveInt
 from finecap.models.decoder import (
     Decoder,
     DecoderConfig,
@@ -25,9 +28,19 @@ from finecap.models.decoder import (
 from finecap.models.encoders import EncoderOutput
 
 
-@register_decoder("lstm")
+class LSTMDecoderConfig(DecoderConfig):
+    name: Literal["lstm"] = "lstm"
+    embed_size: PositiveInt = 256
+    """Word embedding size E."""
+    attention_size: PositiveInt = 256
+    """Size A of the additive attention layer."""
+    attention_penalty: NonNegativeFloat = 1.0
+    """lambda of the doubly-stochastic attention penalty (Show, Attend and Tell)."""
+
+
+@register_decoder("lstm", config=LSTMDecoderConfig)
 class LSTMAttentionDecoder(Decoder):
-    def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:
+    def __init__(self, config: LSTMDecoderConfig, vocab_size: int, feature_dim: int) -> None:
         super().__init__(config, vocab_size, feature_dim)
         H, E, A, D = config.hidden_size, config.embed_size, config.attention_size, feature_dim
         self.embed = nn.Embedding(vocab_size, E)

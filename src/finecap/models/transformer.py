@@ -12,10 +12,13 @@ gives the uncached variant, used to test that both agree and to measure the gain
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import model_validator
 from torch import Tensor, nn
 
+from finecap.config import PositiveInt
 from finecap.models.decoder import (
     IMAGE_KEY,
     Decoder,
@@ -75,8 +78,26 @@ class Attention(nn.Module):
         return self.proj(out), weights.mean(1).view(N, T, S)
 
 
+class TransformerDecoderConfig(DecoderConfig):
+    name: Literal["transformer"] = "transformer"
+    num_layers: PositiveInt = 2
+    """Decoder layers (Cho et al. use 6)."""
+    num_heads: PositiveInt = 8
+    """Attention heads h; must divide hidden_size."""
+    ffn_size: PositiveInt = 1024
+    """Feed-forward inner size."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TransformerDecoderConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        return self
+
+
 class Block(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: TransformerDecoderConfig) -> None:
         super().__init__()
         C = config.hidden_size
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(C), nn.LayerNorm(C), nn.LayerNorm(C)
@@ -102,9 +123,9 @@ class Block(nn.Module):
         return x, weights
 
 
-@register_decoder("transformer")
+@register_decoder("transformer", config=TransformerDecoderConfig)
 class TransformerDecoder(Decoder):
-    def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:
+    def __init__(self, config: TransformerDecoderConfig, vocab_size: int, feature_dim: int) -> None:
         super().__init__(config, vocab_size, feature_dim)
         C = config.hidden_size
         self.embed = nn.Embedding(vocab_size, C)

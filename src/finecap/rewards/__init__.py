@@ -9,19 +9,23 @@ Registered rewards (`list_rewards()`): `cider` (CIDEr-D, df over the training re
 from finecap.rewards.base import (
     Reward,
     RewardBatch,
+    RewardConfig,
     WeightedReward,
     create_reward,
     list_rewards,
     register_reward,
+    reward_config_class,
     rewards_from_config,
 )
 
 __all__ = [
     "Reward",
     "RewardBatch",
+    "RewardConfig",
     "WeightedReward",
     "create_reward",
     "list_rewards",
     "register_reward",
+    "reward_config_class",
     "rewards_from_config",
 ]

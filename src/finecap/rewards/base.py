@@ -20,20 +20,27 @@ total.components(batch)       # {"clip_s": (B*K,), "grammar": (B*K,)} for loggin
 ```
 
 A reward is any `Reward` subclass: `__call__(batch) -> Tensor (B*K,)`. Register a factory with
-`@register_reward(name)`; `create_reward(name, **cfg)` builds it, `list_rewards()` names them.
-`rewards_from_config([{"name": ..., "weight": ..., **cfg}, ...])` builds a `WeightedReward`
-whose CLIP-based terms share one loaded CLIP (and its image-embedding cache) per path.
+`@register_reward(name, config=SettingsClass)`: the settings class (a `RewardConfig`) types
+the reward's term in a recipe (`scst.rewards`), so a misspelt or mistyped setting fails when
+the recipe loads; the factory gets the validated settings, plus any already loaded model
+passed for a `LOADED` field (`create_reward("clip_s", clip=scorer)`). `create_reward(name,
+**settings)` builds one, `list_rewards()` names them. `rewards_from_config([RewardConfig |
+{"name": ..., "weight": ..., **settings}, ...])` builds a `WeightedReward` whose CLIP-based
+terms share one loaded CLIP (and its image-embedding cache) per path.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import ValidationInfo, model_validator
 
+from finecap.config import Settings
 from finecap.registry import Registry
 
 
@@ -131,16 +138,61 @@ def as_scores(values: Any, n: int) -> torch.Tensor:
     return t
 
 
+class RewardConfig(Settings):
+    """One reward term of a recipe: which reward, its weight, and the reward's own settings."""
+
+    name: str
+    """Registered reward name (`list_rewards()`)."""
+    weight: float = 1.0
+    """Its weight in the sum of terms."""
+
+    LOADED: ClassVar[tuple[str, ...]] = ()
+    """Fields that `create_reward` also takes as an already loaded object instead of a path."""
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    """`LOADED` fields that must be given one way or the other."""
+
+    @model_validator(mode="after")
+    def _required_given(self, info: ValidationInfo) -> RewardConfig:
+        loaded = (info.context or {}).get("loaded", ())
+        for key in self.REQUIRED:
+            if getattr(self, key) is None and key not in loaded:
+                raise ValueError(f"the {self.name} reward needs `{key}`")
+        return self
+
+
 _REWARDS: Registry[Reward] = Registry("reward")
 
 
-def register_reward(name: str) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
-    return _REWARDS.register(name)
+def register_reward(
+    name: str, config: type[RewardConfig] | None = None
+) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+    return _REWARDS.register(name, config)
 
 
-def create_reward(name: str, **cfg: Any) -> Reward:
+def reward_config_class(name: str) -> type[RewardConfig]:
     _load_builtin_rewards()
-    return _REWARDS.create(name, **cfg)
+    return _REWARDS.config_class(name)
+
+
+def create_reward(name: str, **settings: Any) -> Reward:
+    """Build reward `name`; a reward with a settings class gets them validated first."""
+    _load_builtin_rewards()
+    try:
+        cls = _REWARDS.config_class(name)
+    except KeyError:
+        if name not in _REWARDS:
+            raise
+        return _REWARDS.create(name, **settings)  # a reward registered without settings
+    loaded = {
+        k: v for k, v in settings.items() if k in cls.LOADED and not _is_path(v) and v is not None
+    }
+    data = {"name": name, **{k: v for k, v in settings.items() if k not in loaded}}
+    config = cls.load(data, f"reward {name}", {"loaded": set(loaded)})
+    return _REWARDS.create(name, config, **loaded)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str | os.PathLike)
 
 
 def list_rewards() -> list[str]:
@@ -148,25 +200,25 @@ def list_rewards() -> list[str]:
     return _REWARDS.names()
 
 
-def rewards_from_config(terms: Sequence[Mapping[str, Any]], device: str = "cpu") -> WeightedReward:
-    """[{"name": "clip_s", "weight": 1.0, "clip": DIR}, ...] -> WeightedReward.
-
-    Terms naming the same `clip` share one loaded CLIP (on `device`) and one image-embedding
-    cache.
-    """
+def rewards_from_config(
+    terms: Sequence[RewardConfig | Mapping[str, Any]], device: str = "cpu"
+) -> WeightedReward:
+    """Reward terms -> WeightedReward. Terms naming the same `clip` share one loaded CLIP
+    (on `device`) and one image-embedding cache."""
     from finecap.rewards.clip_rewards import ClipScorer
 
     scorers: dict[str, ClipScorer] = {}
     built = []
     for term in terms:
-        cfg = dict(term)
-        name, weight = cfg.pop("name"), float(cfg.pop("weight", 1.0))
-        clip = cfg.get("clip")
-        if isinstance(clip, str):
+        settings = term.model_dump() if isinstance(term, Settings) else dict(term)
+        name, weight = settings.pop("name"), float(settings.pop("weight", 1.0))
+        clip = settings.get("clip")
+        if _is_path(clip):
+            clip = str(clip)
             if clip not in scorers:
                 scorers[clip] = ClipScorer.load(clip, device=device)
-            cfg["clip"] = scorers[clip]
-        built.append((weight, create_reward(name, **cfg)))
+            settings["clip"] = scorers[clip]
+        built.append((weight, create_reward(name, **settings)))
     return WeightedReward(built)
 
 

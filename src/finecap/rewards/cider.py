@@ -2,7 +2,7 @@
 
 Wraps the metrics package's `CiderD`, built once, at construction, on the *training*
 references: the document frequencies and each image's reference vectors are cached, never
-recomputed per batch (REFERENCE.md §3). Captions and references go through the COCO
+recomputed per batch. Captions and references go through the COCO
 evaluation tokenizer (`ptb_tokenize`), and, as in the reference SCST code, an end token is
 appended to every reference and candidate (`append_eos`). Candidates are scored against the
 references of their image id, so `RewardBatch.image_ids` must be training image ids.
@@ -11,21 +11,26 @@ references of their image id, so `RewardBatch.image_ids` must be training image 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from finecap.rewards.base import Reward, RewardBatch, register_reward
+from finecap.config import PositiveFloat
+from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
-@dataclass
-class CiderConfig:
-    references: Mapping[Any, Sequence[str]] | None = None  # image id -> raw training references
-    dataset: str | None = None  # or: a dataset file whose `split` references are used
+class CiderConfig(RewardConfig):
+    name: Literal["cider"] = "cider"
+    dataset: str | None = None
+    """Dataset whose `split` references score the captions; in a recipe, the recipe's own
+    training data unless given."""
     split: str = "train"
-    append_eos: bool = True  # reward mode of the SCST reference code
-    sigma: float = 6.0
+    append_eos: bool = True
+    """Append an end token to candidates and references (the reference SCST code's reward)."""
+    sigma: PositiveFloat = 6.0
+    """CIDEr-D's length penalty width."""
+
+    LOADED: ClassVar[tuple[str, ...]] = ("references",)
 
 
 def load_references(dataset: str, split: str = "train") -> dict[Any, list[str]]:
@@ -37,13 +42,16 @@ def load_references(dataset: str, split: str = "train") -> dict[Any, list[str]]:
 class CiderReward(Reward):
     name = "cider"
 
-    def __init__(self, cfg: CiderConfig) -> None:
+    def __init__(
+        self, cfg: CiderConfig, references: Mapping[Any, Sequence[str]] | None = None
+    ) -> None:
+        """`references`: image id -> raw training references, instead of `cfg.dataset`."""
         from finecap.metrics.cider import CiderD
         from finecap.metrics.tokenizer import tokenize_captions
 
-        if (cfg.references is None) == (cfg.dataset is None):
+        if (references is None) == (cfg.dataset is None):
             raise ValueError("cider reward: give exactly one of `references` or `dataset`")
-        refs = cfg.references
+        refs = references
         if refs is None:
             refs = load_references(cfg.dataset, cfg.split)
         self.cfg = cfg
@@ -57,6 +65,4 @@ class CiderReward(Reward):
         return torch.as_tensor(scores, dtype=torch.float32)
 
 
-@register_reward("cider")
-def _cider(**cfg) -> CiderReward:
-    return CiderReward(CiderConfig(**cfg))
+register_reward("cider", config=CiderConfig)(CiderReward)

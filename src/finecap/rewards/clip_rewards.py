@@ -10,10 +10,11 @@ image id: during SCST every image is seen many times, and its embedding never ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
+from finecap.config import PositiveFloat
 from finecap.metrics.clipscore import (
     CLIP_S_PREFIX,
     CLIP_S_WEIGHT,
@@ -21,7 +22,7 @@ from finecap.metrics.clipscore import (
     embed_references,
     refclip_s,
 )
-from finecap.rewards.base import Reward, RewardBatch, register_reward
+from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
 class ClipScorer:
@@ -77,10 +78,23 @@ def as_scorer(clip) -> ClipScorer:
     return ClipScorer(clip)
 
 
-@dataclass
-class ClipSConfig:
-    clip: object  # folder or hub name, or an already loaded ClipScorer / ClipEmbedder
-    w: float = CLIP_S_WEIGHT
+class ClipRewardConfig(RewardConfig):
+    """Settings of a reward that scores with a CLIP."""
+
+    clip: str | None = None
+    """CLIP folder or hub name (Hugging Face format); `create_reward` also takes a loaded
+    `ClipScorer` / `ClipEmbedder`."""
+    prefix: str = ""
+    """Text put before every caption before it is embedded."""
+
+    LOADED: ClassVar[tuple[str, ...]] = ("clip",)
+    REQUIRED: ClassVar[tuple[str, ...]] = ("clip",)
+
+
+class ClipSConfig(ClipRewardConfig):
+    name: Literal["clip_s"] = "clip_s"
+    w: PositiveFloat = CLIP_S_WEIGHT
+    """Hessel et al.'s rescaling w of CLIP-S = w * max(cos, 0)."""
     prefix: str = CLIP_S_PREFIX
 
 
@@ -89,9 +103,9 @@ class ClipSReward(Reward):
 
     name = "clip_s"
 
-    def __init__(self, cfg: ClipSConfig) -> None:
+    def __init__(self, cfg: ClipSConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         img = self.scorer.image_embeddings(batch)[batch.image_index()]  # (B*K, P)
@@ -99,9 +113,10 @@ class ClipSReward(Reward):
         return clip_s(img, txt, w=self.cfg.w)
 
 
-@dataclass
 class RefClipSConfig(ClipSConfig):
-    variant: str = "hessel"  # "hessel" (raw max cosine) or "cho" (max w*relu(cos)); see metrics
+    name: Literal["refclip_s"] = "refclip_s"  # type: ignore[assignment]
+    variant: Literal["hessel", "cho"] = "hessel"
+    """"hessel" (raw max cosine) or "cho" (max w * relu(cos)); see finecap.metrics.clipscore."""
 
 
 class RefClipSReward(Reward):
@@ -109,9 +124,9 @@ class RefClipSReward(Reward):
 
     name = "refclip_s"
 
-    def __init__(self, cfg: RefClipSConfig) -> None:
+    def __init__(self, cfg: RefClipSConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         if batch.references is None:
@@ -123,11 +138,5 @@ class RefClipSReward(Reward):
         return refclip_s(img, txt, refs[index], mask[index], variant=self.cfg.variant, w=self.cfg.w)
 
 
-@register_reward("clip_s")
-def _clip_s(**cfg) -> ClipSReward:
-    return ClipSReward(ClipSConfig(**cfg))
-
-
-@register_reward("refclip_s")
-def _refclip_s(**cfg) -> RefClipSReward:
-    return RefClipSReward(RefClipSConfig(**cfg))
+register_reward("clip_s", config=ClipSConfig)(ClipSReward)
+register_reward("refclip_s", config=RefClipSConfig)(RefClipSReward)

@@ -27,12 +27,13 @@ competitors. B must be at least 2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from finecap.config import PositiveFloat
 from finecap.rewards.base import Reward, RewardBatch, register_reward
-from finecap.rewards.clip_rewards import as_scorer
+from finecap.rewards.clip_rewards import ClipRewardConfig, as_scorer
 
 
 def bidirectional_contrastive(
@@ -56,20 +57,22 @@ def bidirectional_contrastive(
     return reward.T.reshape(-1)  # back to (B*K,) grouped per image
 
 
-@dataclass
-class ContrastiveConfig:
-    clip: object  # folder or hub name, or an already loaded ClipScorer / ClipEmbedder
-    tau: float | None = None  # None: the CLIP's own logit scale exp(s) (100 for OpenAI CLIP)
-    clamp: float = 16.0
-    prefix: str = ""  # Chaffin et al. embed the bare caption
+class ContrastiveConfig(ClipRewardConfig):
+    name: Literal["contrastive"] = "contrastive"
+    tau: PositiveFloat | None = None
+    """Logit scale; None: the CLIP's own exp(logit_scale) (100 for OpenAI CLIP)."""
+    clamp: PositiveFloat = 16.0
+    """Cap on each direction's log-ratio (the reference script's guard)."""
+    prefix: str = ""
+    """Chaffin et al. embed the bare caption."""
 
 
 class ContrastiveReward(Reward):
     name = "contrastive"
 
-    def __init__(self, cfg: ContrastiveConfig) -> None:
+    def __init__(self, cfg: ContrastiveConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
         self.tau = cfg.tau if cfg.tau is not None else self.scorer.logit_scale
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
@@ -78,6 +81,4 @@ class ContrastiveReward(Reward):
         return bidirectional_contrastive(img, txt, self.tau, self.cfg.clamp)
 
 
-@register_reward("contrastive")
-def _contrastive(**cfg) -> ContrastiveReward:
-    return ContrastiveReward(ContrastiveConfig(**cfg))
+register_reward("contrastive", config=ContrastiveConfig)(ContrastiveReward)

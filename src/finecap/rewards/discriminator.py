@@ -19,14 +19,15 @@ call `discriminator.update(...)` yourself instead with `online=False`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finecap.config import PositiveFloat, PositiveInt
 from finecap.rewards.base import Reward, RewardBatch, register_reward
-from finecap.rewards.clip_rewards import as_scorer
+from finecap.rewards.clip_rewards import ClipRewardConfig, as_scorer
 
 
 class Discriminator(nn.Module):
@@ -76,14 +77,16 @@ class Discriminator(nn.Module):
         return float(loss.detach())
 
 
-@dataclass
-class DiscriminatorConfig:
-    clip: object  # folder or hub name, or an already loaded ClipScorer / ClipEmbedder
-    hidden: tuple[int, ...] = (512, 256)
-    lr: float = 7e-5
-    online: bool = True  # update on each scored batch (needs RewardBatch.references)
-    prefix: str = ""
-    seed: int = 0  # which reference of each image the online update uses
+class DiscriminatorConfig(ClipRewardConfig):
+    name: Literal["discriminator"] = "discriminator"
+    hidden: list[PositiveInt] = [512, 256]
+    """Hidden layer widths of the MLP on [image; text] embeddings."""
+    lr: PositiveFloat = 7e-5
+    """Adam learning rate of the online updates."""
+    online: bool = True
+    """Update on each scored batch (needs RewardBatch.references)."""
+    seed: int = 0
+    """Which reference of each image the online update uses."""
 
 
 class DiscriminatorReward(Reward):
@@ -91,9 +94,9 @@ class DiscriminatorReward(Reward):
 
     name = "discriminator"
 
-    def __init__(self, cfg: DiscriminatorConfig) -> None:
+    def __init__(self, cfg: DiscriminatorConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
         dim = self.scorer.embedder.bundle.projection_dim
         self.discriminator = Discriminator(dim, tuple(cfg.hidden), cfg.lr)
         self.rng = random.Random(cfg.seed)
@@ -112,6 +115,4 @@ class DiscriminatorReward(Reward):
         return scores
 
 
-@register_reward("discriminator")
-def _discriminator(**cfg) -> DiscriminatorReward:
-    return DiscriminatorReward(DiscriminatorConfig(**cfg))
+register_reward("discriminator", config=DiscriminatorConfig)(DiscriminatorReward)

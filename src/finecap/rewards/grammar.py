@@ -5,27 +5,33 @@ CLIP-S + 2 g (paper text) or 2 CLIP-S + g (released code): the weights are confi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
-from finecap.rewards.base import Reward, RewardBatch, register_reward
+from finecap.config import PositiveInt
+from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
-@dataclass
-class GrammarRewardConfig:
-    model: object  # a grammar model folder, or a loaded finecap.clip.grammar.GrammarModel
-    batch_size: int = 256
+class GrammarRewardConfig(RewardConfig):
+    name: Literal["grammar"] = "grammar"
+    model: str | None = None
+    """Grammar model folder (`finecap grammar train`); `create_reward` also takes a loaded
+    `finecap.clip.grammar.GrammarModel`."""
+    batch_size: PositiveInt = 256
+
+    LOADED: ClassVar[tuple[str, ...]] = ("model",)
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model",)
 
 
 class GrammarReward(Reward):
     name = "grammar"
 
-    def __init__(self, cfg: GrammarRewardConfig) -> None:
+    def __init__(self, cfg: GrammarRewardConfig, model: object | None = None) -> None:
         from finecap.clip.grammar import GrammarModel
 
         self.cfg = cfg
-        model = cfg.model
+        model = model if model is not None else cfg.model
         self.model = (
             model if isinstance(model, GrammarModel) else GrammarModel.from_pretrained(model)
         )
@@ -35,6 +41,4 @@ class GrammarReward(Reward):
         return self.model.score(batch.captions, batch_size=self.cfg.batch_size)  # (B*K,)
 
 
-@register_reward("grammar")
-def _grammar(**cfg) -> GrammarReward:
-    return GrammarReward(GrammarRewardConfig(**cfg))
+register_reward("grammar", config=GrammarRewardConfig)(GrammarReward)

@@ -1,29 +1,47 @@
-"""Training configuration: one typed dataclass per concern, read from YAML.
+"""Training recipes: one typed settings class per concern, read from YAML.
 
-A recipe file (see `configs/`) has the top-level sections `data`, `model`, `optim`,
-`trainer`, `decoding` and, for self-critical training, `scst`. Unknown keys are errors that
-name the file and the key, so a typo never silently falls back to a default.
+A recipe (see `configs/`, or `finecap recipes`) has the sections `data`, `model`, `optim`,
+`trainer`, `decoding` and, for self-critical training, `scst`. Every value is type- and
+range-checked when the recipe loads (`finecap.config`): unknown keys anywhere (a reward
+term's settings included), wrong types, NaN and lengths that do not fit the model fail then,
+naming the file and the key — not an epoch later inside the optimiser.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, SerializeAsAny, WrapValidator, model_validator
 
+from finecap.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Settings,
+    by_name,
+    load_settings,
+    registered_name,
+)
 from finecap.decoding import DecodingConfig
 from finecap.models import ModelConfig
+from finecap.rewards.base import RewardConfig, reward_config_class
+from finecap.train.lightning import TrainerConfig
 
 
-@dataclass
-class DataConfig:
-    dataset: str = ""
+def _task_names() -> list[str]:
+    from finecap.train import scst  # noqa: F401  (registers the "scst" task)
+    from finecap.train.tasks import list_tasks
+
+    return list_tasks()
+
+
+class DataConfig(Settings):
+    dataset: str
     """Dataset file (Karpathy JSON, COCO captions, Flickr8k token file, JSONL/CSV pairs)."""
     image_root: str | None = None
     """Folder the dataset's image paths are relative to (default: the dataset's folder)."""
@@ -31,142 +49,123 @@ class DataConfig:
     """Dataset format name; None guesses it from the file."""
     train_split: str = "train"
     val_split: str = "val"
-    min_word_count: int = 1
+    min_word_count: PositiveInt = 1
     """Words seen fewer times in the training captions become <unk> (5 for COCO)."""
-    max_len: int = 20
-    """Training captions are cut to this many words."""
-    captions_per_image: int = 5
+    max_len: PositiveInt = 20
+    """Training captions are cut to this many words (at most model.decoder.max_len)."""
+    captions_per_image: PositiveInt = 5
     """Captions decoded per encoded image in a batch (each image is encoded once)."""
-    batch_size: int = 32
+    batch_size: PositiveInt = 32
     """Images per batch (so batch_size * captions_per_image captions)."""
-    val_images: int | None = None
-    """Validate on the first N validation images only (None: all)."""
-    num_workers: int = 0
+    val_images: NonNegativeInt | None = None
+    """Validate on the first N validation images only (None: all; 0: no validation)."""
+    num_workers: NonNegativeInt = 0
+    """DataLoader worker processes (0: load in the training process)."""
 
 
-@dataclass
-class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
+class OptimConfig(Settings):
+    lr: PositiveFloat = 5e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_steps: NonNegativeInt = 200
     """Linear warm-up from 0 to lr, then cosine decay to lr * min_lr_ratio."""
-    min_lr_ratio: float = 0.1
-    max_epochs: int = 20
-    gradient_clip: float = 1.0
-    label_smoothing: float = 0.0
-    encoder_lr_scale: float = 1.0
+    min_lr_ratio: Probability = 0.1
+    """Final learning rate as a share of lr (1 = constant after warm-up)."""
+    max_epochs: PositiveInt = 20
+    gradient_clip: NonNegativeFloat = 1.0
+    """Clip the gradient norm to this (0 = no clipping)."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    encoder_lr_scale: NonNegativeFloat = 1.0
     """Learning rate of a fine-tuned pretrained encoder relative to lr."""
 
 
-@dataclass
-class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: int = 1
-    strategy: str = "auto"
-    """Lightning strategy, e.g. "ddp" for several GPUs."""
-    precision: str = "32-true"
-    logger: str = "csv"
-    """csv or tensorboard."""
-    val_every_n_epochs: int = 1
-    threads: int | None = None
-    """torch.set_num_threads; None leaves PyTorch's default."""
-    select: str = "val_cider"
-    """Which checkpoint becomes model/: "val_cider" (the best validation CIDEr-D) or "last".
-    SCST recipes take the last: picking by CIDEr-D would undo what another reward taught."""
-
-    def __post_init__(self) -> None:
-        if self.select not in ("val_cider", "last"):
-            raise ValueError(f"trainer.select must be val_cider or last, not {self.select!r}")
+RewardTerm = Annotated[
+    SerializeAsAny[RewardConfig], WrapValidator(by_name("reward", reward_config_class))
+]
 
 
-@dataclass
-class TrainConfig:
+class SCSTConfig(Settings):
+    """Self-critical training (see finecap.train.scst)."""
+
+    samples: PositiveInt = 5
+    """K: captions sampled per image."""
+    baseline: Literal["greedy", "mean", "none"] = "mean"
+    """greedy, mean (of the image's other samples) or none (see finecap.train.scst)."""
+    rewards: list[RewardTerm] = Field(
+        default_factory=lambda: [reward_config_class("cider")()], min_length=1
+    )
+    """Reward terms, each `{name, weight, ...its own settings}` (`finecap.rewards`)."""
+    max_len: PositiveInt = 16
+    """Longest sampled caption in words (at most model.decoder.max_len)."""
+    temperature: PositiveFloat = 1.0
+    gt_weight: NonNegativeFloat = 0.0
+    """Weight of the RL loss on ground-truth captions (Chaffin et al.); 0 = off."""
+
+    NAMED_FIELDS: ClassVar[dict] = {"rewards": reward_config_class}
+
+    @model_validator(mode="after")
+    def _baseline_fits(self) -> SCSTConfig:
+        if self.baseline == "mean" and self.samples < 2:
+            raise ValueError("the mean baseline needs samples >= 2 (the other samples' mean)")
+        return self
+
+
+class TrainConfig(Settings):
     output_dir: str = "runs/default"
+    """Run folder: checkpoints/, logs/, config.yaml and the exported model/."""
     seed: int = 0
-    task: str = "mle"
+    task: registered_name("training task", _task_names) = "mle"
     """Registered training task: mle or scst."""
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    data: DataConfig
+    model: ModelConfig | None = None
+    """The captioner to build; None for SCST, which starts from `--init MODEL` (and an MLE
+    recipe without it builds the default ModelConfig)."""
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    decoding: DecodingConfig = DecodingConfig()
     """Decoding used for validation captions."""
-    scst: dict = field(default_factory=dict)
-    """Self-critical settings, read by the scst task (see finecap.train.scst)."""
+    scst: SCSTConfig | None = None
+    """Self-critical settings; required (defaults filled in) when task is scst."""
+
+    @model_validator(mode="after")
+    def _fill_and_cross_check(self) -> TrainConfig:
+        if self.task == "scst" and self.scst is None:
+            self.scst = SCSTConfig()
+        if self.task != "scst" and self.scst is not None:
+            raise ValueError(f"an scst: section is only read by task scst, not {self.task}")
+        if self.task == "mle" and self.model is None:
+            self.model = ModelConfig()
+        for term in self.scst.rewards if self.scst else ():
+            if term.name == "cider" and term.dataset is None:
+                term.dataset = self.data.dataset  # CIDEr-D over this recipe's training data
+        if self.model is not None:
+            check_lengths(self)
+        return self
 
 
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Recursively build dataclass `cls` from a dict, rejecting unknown keys with their path."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {}
-    for name, value in data.items():
-        hint = hints[name]
-        nested = _dataclass_in(hint)
-        if nested is not None and value is not None:
-            values[name] = build_dataclass(nested, value, f"{where}.{name}")
-        else:
-            values[name] = value
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from err
+def check_lengths(config: TrainConfig) -> None:
+    """Every caption length the run uses fits the model: one source of the maximum
+    (model.decoder.max_len, the size of the transformer's position table)."""
+    limit = config.model.decoder.max_len
+    lengths = {"data.max_len": config.data.max_len, "decoding.max_len": config.decoding.max_len}
+    if config.scst is not None:
+        lengths["scst.max_len"] = config.scst.max_len
+    over = [f"{key} = {value}" for key, value in lengths.items() if value > limit]
+    if over:
+        raise ValueError(
+            f"{', '.join(over)} longer than the model's decoder.max_len = {limit}: captions "
+            "that long do not fit the model; lower them or raise model.decoder.max_len"
+        )
 
 
-def _dataclass_in(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
-    return None
-
-
-def set_dotted(data: dict, assignment: str) -> None:
-    """Apply a command-line override "optim.lr=1e-4" (the value is parsed as YAML)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep:
-        raise ValueError(f"override {assignment!r} must look like section.key=value")
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = yaml.safe_load(raw)
-
-
-def read_recipe(path: str | os.PathLike) -> dict:
-    """The YAML of a recipe as a dict; `base: OTHER.yaml` (beside it) is read first and
-    overridden section by section, so variants of a recipe state only what differs."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read config ({err})") from err
-    base = data.pop("base", None)
-    return _merge(read_recipe(path.parent / base), data) if base else data
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML recipe; relative dataset paths are taken relative to the current folder."""
-    data = read_recipe(path)
-    for assignment in overrides:
-        set_dotted(data, assignment)
-    return build_dataclass(TrainConfig, data, str(path))
+def load_config(recipe: str | Path, overrides: Iterable[str] = (), **extra: Any) -> TrainConfig:
+    """A recipe (path or shipped name) with `--set` overrides, validated."""
+    return load_settings(TrainConfig, recipe, overrides, **extra)
 
 
 def config_to_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
+    return config.to_dict()
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

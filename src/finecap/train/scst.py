@@ -16,7 +16,6 @@ baseline (clamped at 0), which tilts teacher forcing toward the most descriptive
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -25,25 +24,10 @@ from finecap.data.vocab import Vocab
 from finecap.decoding import Decoded, SamplingConfig, greedy, sample
 from finecap.models import CaptionModel
 from finecap.registry import Registry
-from finecap.rewards import RewardBatch, WeightedReward, rewards_from_config
-from finecap.train.config import TrainConfig, build_dataclass
+from finecap.rewards import RewardBatch, rewards_from_config
+from finecap.train.config import TrainConfig
 from finecap.train.data import CaptionBatch
 from finecap.train.tasks import CaptionTask, register_task
-
-
-@dataclass
-class SCSTConfig:
-    samples: int = 5
-    """K: captions sampled per image."""
-    baseline: str = "mean"
-    """greedy, mean or none (see the module docstring)."""
-    rewards: list[dict] = field(default_factory=lambda: [{"name": "cider", "weight": 1.0}])
-    """Reward terms: [{name, weight, **settings}]; `cider` defaults to the training references."""
-    max_len: int = 16
-    temperature: float = 1.0
-    gt_weight: float = 0.0
-    """Weight of the RL loss on ground-truth captions (Chaffin et al.); 0 = off."""
-
 
 Baseline = Callable[[Tensor, Tensor | None, int], Tensor]
 _BASELINES: Registry[Tensor] = Registry("SCST baseline")
@@ -94,12 +78,8 @@ class SCSTTask(CaptionTask):
         self, config: TrainConfig, vocab: Vocab, model: CaptionModel | None = None
     ) -> None:
         super().__init__(config, vocab, model)
-        self.scst = build_dataclass(SCSTConfig, config.scst, "scst")
-        if self.scst.baseline not in _BASELINES:
-            raise ValueError(
-                f"scst.baseline: unknown {self.scst.baseline!r}; known: {_BASELINES.names()}"
-            )
-        self.reward = build_reward(self.scst.rewards, config.data.dataset)
+        self.scst = config.scst
+        self.reward = rewards_from_config(self.scst.rewards)
 
     def _captions(self, decoded: Decoded) -> list[str]:
         return [self.vocab.decode(row) for row in decoded.tokens.tolist()]
@@ -165,14 +145,3 @@ class SCSTTask(CaptionTask):
         out = self.model.decoder(enc, batch.tokens[:, :-1])  # c references per image
         logp = out.logits.log_softmax(-1).gather(2, batch.tokens[:, 1:, None])[..., 0]  # (B*C, T)
         return policy_gradient_loss(logp, batch.tokens[:, 1:] != Vocab.pad_id, weight.to(logp))
-
-
-def build_reward(terms: list[dict], dataset: str) -> WeightedReward:
-    """Reward terms from the recipe; CIDEr-D uses the recipe's training references by default."""
-    resolved = []
-    for term in terms:
-        term = dict(term)
-        if term.get("name") == "cider" and "references" not in term and "dataset" not in term:
-            term["dataset"] = dataset
-        resolved.append(term)
-    return rewards_from_config(resolved)

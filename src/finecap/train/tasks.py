@@ -1,15 +1,14 @@
 """Lightning training tasks. A task owns the model, its loss and the batch layout.
 
 - `CaptionTask`: what every task shares — validation CIDEr-D of greedy/beam captions (used
-  to keep the best checkpoint), the optimiser and the warm-up + cosine schedule.
+  to keep the best checkpoint), the optimiser and the warm-up + cosine schedule
+  (`finecap.train.lightning`).
 - `MLETask`: teacher-forced cross-entropy (optional label smoothing) plus the decoder's own
   regulariser (the doubly-stochastic attention penalty of Show, Attend and Tell).
 Self-critical training lives in `finecap.train.scst`.
 """
 
 from __future__ import annotations
-
-import math
 
 import lightning as L
 import torch
@@ -22,6 +21,7 @@ from finecap.models import CaptionModel
 from finecap.registry import Registry
 from finecap.train.config import TrainConfig, config_to_dict
 from finecap.train.data import CaptionBatch
+from finecap.train.lightning import warmup_cosine_schedule
 
 _TASKS: Registry[type] = Registry("training task")
 register_task = _TASKS.register
@@ -77,10 +77,8 @@ class CaptionTask(L.LightningModule):
             groups.append({"params": encoder_params, "lr": optim.lr * optim.encoder_lr_scale})
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(optim.warmup_steps, total, optim.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = warmup_cosine_schedule(optimizer, optim.warmup_steps, total, optim.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def validation_cider(references: dict[int, list[str]], predictions: dict[int, str]) -> float:
@@ -88,18 +86,6 @@ def validation_cider(references: dict[int, list[str]], predictions: dict[int, st
     from finecap.metrics.fast import fast_scores
 
     return float(fast_scores(references, predictions, ["CIDEr"]).scores["CIDEr"])
-
-
-def warmup_cosine(warmup: int, total: int, floor: float):  # noqa: ANN201
-    """Learning-rate multiplier: linear warm-up over `warmup` steps, then cosine to `floor`."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def caption_cross_entropy(logits: Tensor, tokens: Tensor, label_smoothing: float) -> Tensor:
