@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,11 +36,11 @@ from finecap.data.vocab import Vocab
 from finecap.decoding import DecodingConfig, decode
 from finecap.io import atomic_write_text
 from finecap.models import (
-    DecoderConfig,
-    EncoderConfig,
     EncoderOutput,
     ModelConfig,
     create_decoder,
+    decoder_config,
+    encoder_config,
 )
 from finecap.models.transformer import Uncached
 from finecap.scenes import generate_world
@@ -93,9 +93,9 @@ def scenes_model(workdir: Path, n_images: int) -> tuple[str, Captioner, list]:
         return "default model", captioner, images[:n_images]
     torch.manual_seed(0)
     config = ModelConfig(
-        EncoderConfig(name="small_cnn", image_size=96, width=128),
-        DecoderConfig(
-            name="lstm", hidden_size=256, embed_size=128, attention_size=128, max_len=MAX_LEN
+        encoder=encoder_config("small_cnn", image_size=96, width=128),
+        decoder=decoder_config(
+            "lstm", hidden_size=256, embed_size=128, attention_size=128, max_len=MAX_LEN
         ),
     )
     vocab = Vocab([f"w{i}" for i in range(120)])  # about the scenes world's vocabulary
@@ -107,8 +107,8 @@ def scenes_model(workdir: Path, n_images: int) -> tuple[str, Captioner, list]:
 
 def big_transformer(n_images: int) -> tuple[torch.nn.Module, EncoderOutput]:
     torch.manual_seed(0)
-    config = DecoderConfig(
-        name="transformer",
+    config = decoder_config(
+        "transformer",
         hidden_size=512,
         num_layers=6,
         num_heads=8,
@@ -126,7 +126,7 @@ def caption_images(captioner: Captioner, images: list, config, batch: int, cache
     """Captioner.caption's pipeline (preprocess, encode, decode), with the cache choosable."""
     model = captioner.model
     decoder = model.decoder if cached else Uncached(model.decoder)
-    config = replace(config, max_len=min(config.max_len, model.config.decoder.max_len))
+    config = config.replace(max_len=min(config.max_len, model.config.decoder.max_len))
     for start in range(0, len(images), batch):
         pixels = model.encoder.preprocess(images[start : start + batch])
         decode(decoder, model.encode(pixels), config)
@@ -156,7 +156,10 @@ def settings(quick: bool, kv: bool) -> list[tuple[str, bool, int, int]]:
 
 def run(quick: bool, runs: int) -> list[Row]:
     rows: list[Row] = []
-    configs = {"greedy": DecodingConfig(1, MAX_LEN), "beam 5": DecodingConfig(5, MAX_LEN)}
+    configs = {
+        "greedy": DecodingConfig(beam_size=1, max_len=MAX_LEN),
+        "beam 5": DecodingConfig(beam_size=5, max_len=MAX_LEN),
+    }
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         name, captioner, images = scenes_model(Path(tmp), BATCH if quick else 2 * BATCH)
         kv = has_kv_cache(captioner.model.decoder)

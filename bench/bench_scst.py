@@ -25,7 +25,7 @@ from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
 from finecap.data.vocab import Vocab
 from finecap.decoding import SamplingConfig, greedy, sample
-from finecap.models import CaptionModel, DecoderConfig, EncoderOutput, create_decoder
+from finecap.models import CaptionModel, EncoderOutput, create_decoder, decoder_config
 from finecap.rewards import RewardBatch, create_reward
 from finecap.train.scst import mean_of_others, policy_gradient_loss
 from machine_info import machine
@@ -99,8 +99,8 @@ def main() -> int:
     scenes.model.train()
     pixels = scenes.model.encoder.preprocess([load_image(corpus.image_path(r)) for r in records])
     big_vocab = Vocab([f"w{i}" for i in range(10_000)])
-    big_config = DecoderConfig(
-        name="transformer", hidden_size=512, num_layers=6, num_heads=8, ffn_size=2048
+    big_config = decoder_config(
+        "transformer", hidden_size=512, num_layers=6, num_heads=8, ffn_size=2048
     )
     big = create_decoder(big_config, len(big_vocab), feature_dim=2048)
     features = torch.randn(args.images, 49, 2048)  # precomputed ResNet-style grid features

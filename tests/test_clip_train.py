@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from transformers import AutoTokenizer, CLIPTokenizer
 
 from finecap.cli import main as cli_main
+from finecap.cli import parse
 from finecap.clip import ClipEmbedder, load_clip
 from finecap.clip.train import (
     ClipTrainConfig,
@@ -30,9 +32,7 @@ TEXTS = [
     "the red circle is left of the blue square.",
     "an image of a circle",
 ] * 20
-TINY = ScenesClipConfig(
-    image_size=48, vision_hidden=32, text_hidden=32, vision_layers=1, text_layers=1, heads=2
-)
+TINY = ScenesClipConfig(image_size=48, hidden=32, layers=1, heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,36 @@ def test_cli_train(world: Path, tmp_path: Path, capsys) -> None:
     assert config["vision_config"]["patch_size"] == 16
     assert config["vision_config"]["image_size"] == 48
     assert config["text_config"]["hidden_size"] == 32
+    assert (
+        config["text_config"]["num_hidden_layers"] == config["vision_config"]["num_hidden_layers"]
+    )
+
+
+def test_cli_train_help_and_bad_value(tmp_path: Path, capsys) -> None:
+    assert cli_main(["clip", "train", "--help"]) == 0
+    assert "--hidden" in capsys.readouterr().out
+    args = ["clip", "train", "--dataset", "d.json", "--out", str(tmp_path), "--epochs", "0"]
+    assert cli_main(args) == 2
+    assert re.search(r"epochs", capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_arch_checks_heads_divide_hidden() -> None:
+    with pytest.raises(ValueError, match=r"heads \(3\) must divide hidden \(32\)"):
+        ScenesClipConfig(hidden=32, heads=3)
+
+
+def test_cli_flags_reach_the_configs() -> None:
+    _, options, _ = parse(["clip", "train", "--dataset", "d.json", "--out", "o", "--init", "m",
+                           "--epochs", "3", "--batch-size", "8", "--lr", "2e-4",
+                           "--weight-decay", "0", "--description-prob", "0.5", "--seed", "4",
+                           "--eval-split", "val", "--threads", "2", "--image-size", "64",
+                           "--patch-size", "16", "--hidden", "64", "--layers", "2"])  # fmt: skip
+    assert (options.dataset, options.out, options.init) == ("d.json", "o", "m")
+    assert options.arch == ScenesClipConfig(image_size=64, patch_size=16, hidden=64, layers=2)
+    train = options.train
+    assert (train.epochs, train.batch_size, train.lr, train.weight_decay) == (3, 8, 2e-4, 0)
+    assert (train.description_prob, train.seed, train.eval_split) == (0.5, 4, "val")
+    assert train.trainer.threads == 2
+    _, options, _ = parse(["clip", "train", "--dataset", "d.json", "--out", "o", "--init", "m"])
+    assert options.train.learning_rate(fine_tuning=True) == 1e-5  # no --lr: the fine-tuning one

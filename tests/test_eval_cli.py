@@ -1,5 +1,6 @@
 """`finecap evaluate` end to end on a small scenes world with a tiny random CLIP, its report,
-and its errors (malformed file, unknown id, missing image, incomplete predictions)."""
+and its errors (malformed file, unknown id, missing image, incomplete predictions); the same
+evaluation called from Python (`finecap.evaluation`)."""
 
 from __future__ import annotations
 
@@ -156,3 +157,66 @@ def test_unknown_metric_and_split(world, capsys):
     assert "unknown metric or group 'BLEU-9'" in capsys.readouterr().err
     assert main(_evaluate(world, "--predictions", pred, "--split", "dev")) == 2
     assert "unknown split 'dev'" in capsys.readouterr().err
+
+
+def test_required_options_are_named(capsys):
+    assert main(["evaluate", "--split", "test"]) == 2
+    assert "--predictions, --dataset, --out required" in capsys.readouterr().err
+
+
+def test_missing_predictions_file(world, tmp_path, capsys):
+    absent = str(tmp_path / "absent.json")
+    assert main(_evaluate(world, "--predictions", absent, "--metrics", "diversity")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("finecap evaluate: error: ") and "absent.json: no such file" in err
+
+
+def test_library_call_gives_the_numbers_of_the_command(world, tmp_path, capsys):
+    """`finecap.evaluation.evaluate` from Python (a mapping of systems, `Path`s, a metric list)
+    is what the command runs: the same metrics.json, bit for bit."""
+    from finecap.evaluation import EvaluationConfig, evaluate, write_results
+
+    root, metrics = world["root"], ["BLEU-4", "CIDEr", "clipscore", "diversity"]
+    cli_out = tmp_path / "cli.json"
+    args = ["--predictions", str(root / "good.json"), f"degenerate={root / 'bad.json'}"]
+    args += ["--clip", str(world["clip"]), "--reference-row", "--metrics", ",".join(metrics)]
+    assert main(_evaluate(world, *args, out=cli_out)) == 0
+    capsys.readouterr()
+
+    config = EvaluationConfig(
+        predictions={"good": root / "good.json", "degenerate": root / "bad.json"},
+        dataset=world["dataset"],
+        clip=world["clip"],
+        reference_row=True,
+        metrics=metrics,
+    )
+    evaluation = evaluate(config)
+    assert capsys.readouterr().out == ""  # notes go to `log`, not stdout
+    assert [s.name for s in evaluation.systems] == ["good", "degenerate", "Reference"]
+    assert evaluation.data.image_ids == world["test_ids"]
+    doc = json.loads(cli_out.read_text())
+    assert json.loads(json.dumps(evaluation.to_json())) == doc
+    assert {"CIDEr", "CLIP-S", "Repetition"} <= set(evaluation.result.systems["good"])
+
+    lib_out = tmp_path / "lib.json"
+    write_results(evaluation, lib_out, report=tmp_path / "r.html", report_samples=2)
+    assert json.loads(lib_out.read_text()) == doc
+    assert len(re.findall(r"src='data:image/jpeg;base64,", (tmp_path / "r.html").read_text())) == 2
+
+
+def test_library_errors_are_user_errors(world, tmp_path):
+    from finecap.config import ConfigError
+    from finecap.errors import UserError
+    from finecap.evaluation import EvaluationConfig, InputError, evaluate
+
+    pred = str(world["root"] / "good.json")
+    config = EvaluationConfig(predictions=[pred], dataset=str(tmp_path / "none.json"))
+    with pytest.raises(UserError, match="none.json: no such file"):
+        evaluate(config)
+    assert issubclass(InputError, UserError)
+    with pytest.raises(ConfigError, match="refclip_variant"):
+        EvaluationConfig.load({"predictions": [pred], "dataset": "d", "refclip_variant": "x"})
+    config = EvaluationConfig(predictions=pred, dataset=world["dataset"], metrics="BLEU-9,cider")
+    assert config.predictions == [pred] and config.metrics == ["BLEU-9", "cider"]
+    with pytest.raises(InputError, match="unknown metric or group 'BLEU-9'"):
+        evaluate(config)

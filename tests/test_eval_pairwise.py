@@ -5,6 +5,7 @@ Chromium as an annotator would use it (needs Debian `chromium` + `chromium-drive
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -82,6 +83,26 @@ def test_make_cli_errors(two_systems, capsys):
     ]
     assert main(args) == 2
     assert "1 images not found (image_id 3" in capsys.readouterr().err
+
+
+def test_cli_help_and_bad_values(two_systems, capsys):
+    for command in ("make", "tally"):
+        assert main(["pairwise", command, "--help"]) == 0
+    assert "--images" in capsys.readouterr().out
+    out = two_systems / "page.html"
+    args = ["pairwise", "make", "--a", str(two_systems / "A.json"), "--b"]
+    args += [str(two_systems / "B.json"), "--images", str(two_systems / "images"), "--out"]
+    assert main([*args, str(out), "--n", "0"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"(^|[\s│-])n\b", err, re.M) and "greater than or equal to 1" in err
+    assert not out.exists()
+    assert main([*args, str(out), "--n", "2"]) == 0 and out.is_file()  # --images without --dataset
+    assert main(["pairwise", "tally"]) == 2  # no FILE
+    assert re.search(r"judgments", capsys.readouterr().err)
+    (two_systems / "bad.json").write_text("{}")
+    assert main(["pairwise", "tally", str(two_systems / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a finecap pairwise judgments file" in err
 
 
 def _chromium() -> tuple[str, str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from tests.helpers.tiny_models import make_tiny_clip
 
 from finecap.cli import main as cli_main
+from finecap.cli import parse
 from finecap.clip import load_clip
 from finecap.clip.grammar import (
     NEGATIVES,
@@ -166,9 +168,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def scenes_clip(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clip") / "clip"
-    arch = ScenesClipConfig(
-        image_size=48, vision_hidden=32, text_hidden=32, vision_layers=1, text_layers=1
-    )
+    arch = ScenesClipConfig(image_size=48, hidden=32, layers=1)
     train_clip(world, out, arch, ClipTrainConfig(epochs=1, batch_size=16))
     return out
 
@@ -203,3 +203,34 @@ def test_cli_score(world: Path, scenes_clip: Path, tmp_path: Path, capsys) -> No
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[1] for line in lines] == ["a red circle", "red red"]
     assert all(0 <= float(line.split("\t")[0]) <= 1 for line in lines)
+
+
+def test_cli_help_and_bad_values(tmp_path: Path, capsys) -> None:
+    for command in ("train", "score"):
+        assert cli_main(["grammar", command, "--help"]) == 0
+    assert "--description-prob" in capsys.readouterr().out
+    train = ["grammar", "train", "--clip", "c", "--dataset", "d.json", "--out", str(tmp_path)]
+    assert cli_main([*train, "--epochs", "0"]) == 2
+    assert re.search(r"epochs", capsys.readouterr().err)
+    assert cli_main([*train, "--description-prob", "1.5"]) == 2
+    assert re.search(r"description[_-]prob", capsys.readouterr().err)
+    assert cli_main(["grammar", "score", "--model", str(tmp_path)]) == 2  # no TEXT
+    assert re.search(r"texts", capsys.readouterr().err)
+    assert cli_main(["grammar", "score", "--model", str(tmp_path), "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a grammar model folder" in err
+
+
+def test_cli_flags_reach_the_config() -> None:
+    _, options, _ = parse(["grammar", "train", "--clip", "c", "--dataset", "d.json", "--out", "o",
+                           "--epochs", "2", "--batch-size", "8", "--lr", "1e-4",
+                           "--description-prob", "0", "--seed", "3", "--eval-split", "val",
+                           "--threads", "1"])  # fmt: skip
+    assert (options.clip, options.dataset, options.out) == ("c", "d.json", "o")
+    expected = GrammarTrainConfig(
+        epochs=2, batch_size=8, lr=1e-4, description_prob=0, seed=3, eval_split="val",
+        trainer={"threads": 1},
+    )  # fmt: skip
+    assert options.train == expected
+    _, options, _ = parse(["grammar", "score", "--model", "m", "a red circle", "red red"])
+    assert (options.model, options.texts) == ("m", ["a red circle", "red red"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from finecap.cli import main as cli_main
+from finecap.cli import parse
 from finecap.data.vocab import simple_tokenize
 from finecap.scenes import (
     BACKGROUNDS,
@@ -20,6 +22,7 @@ from finecap.scenes import (
     RELATIONS,
     SHAPES,
     SIZES,
+    WorldConfig,
     generate_world,
     salient_object,
 )
@@ -177,3 +180,31 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert rc == 0 and (tmp_path / "dataset.json").is_file()
     assert "6 images" in capsys.readouterr().out
     assert cli_main(["scenes", "generate", "--out", str(tmp_path), "--n", "2", "--test", "5"]) == 2
+    assert "exceed n (2)" in capsys.readouterr().err
+
+
+def test_cli_generate_help_and_bad_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["scenes", "generate", "--help"]) == 0
+    assert "--no-progress" in capsys.readouterr().out
+    args = ["scenes", "generate", "--out", str(tmp_path / "w"), "--no-progress"]
+    assert cli_main([*args, "--group-size", "0"]) == 2
+    assert re.search(r"group[_-]size", capsys.readouterr().err)
+    assert cli_main([*args, "--n", "-1"]) == 2
+    assert "greater than or equal to 1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_world_config_checks_and_split_sizes() -> None:
+    assert WorldConfig(n=25).split_sizes() == {"train": 21, "val": 2, "test": 2}
+    assert WorldConfig(n=10, val=0, test=10).split_sizes() == {"train": 0, "val": 0, "test": 10}
+    for bad in ({"n": 0}, {"n": 4, "val": 3, "test": 2}, {"image_size": 16}, {"val": -1}):
+        with pytest.raises(ValueError):
+            WorldConfig(**bad)
+
+
+def test_cli_flags_reach_the_config() -> None:
+    _, options, _ = parse(["scenes", "generate", "--out", "o", "--n", "50", "--seed", "2",
+                           "--image-size", "48", "--val", "5", "--test", "10",
+                           "--group-size", "2", "--no-progress"])  # fmt: skip
+    assert options.out == "o" and options.progress is False
+    assert options.world == WorldConfig(n=50, seed=2, image_size=48, val=5, test=10, group_size=2)

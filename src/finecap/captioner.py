@@ -25,6 +25,7 @@ from torch import Tensor
 from finecap.config import ConfigError
 from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import Decoded, DecodingConfig, decode
+from finecap.errors import MissingFileError
 from finecap.models import CaptionModel, ModelConfig
 from finecap.models.encoders import HFImageEncoder
 
@@ -64,7 +65,7 @@ class Captioner:
         folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (folder / f).is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder}: not a finecap captioner folder (missing {', '.join(missing)})"
             )
         config = read_model_config(folder / CONFIG_FILE)

@@ -18,6 +18,7 @@ a.b.0.c=value` addresses nested keys and list items; `--config NAME` finds a shi
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -80,6 +82,11 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 """A probability or share, in [0, 1]."""
+PathStr = Annotated[
+    str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)
+]
+"""A file or folder name kept as text (as configs and metrics.json record it); a `Path` is
+accepted."""
 
 
 def _registered(kind: str, names: Callable[[], Iterable[str]]) -> Callable[[str], str]:

@@ -5,3 +5,7 @@ it as one line and exits 2, without a traceback. Every such error class derives 
 
 class UserError(Exception):
     """A failure with a message a user can act on; no traceback needed."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist (or is not what it should be)."""

@@ -1,13 +1,13 @@
 """`finecap reproduce`: Cho et al. (2022) and Chaffin et al. (2022) on the scenes world.
 
-Steps, each the project's own command, so the pipeline is what a user would run by hand:
- 1. generate the scenes world                     -> DIR/scenes/
- 2. train the scenes CLIP (Hugging Face format)   -> DIR/clip/
- 3. train the grammar head                        -> DIR/grammar/
- 4. MLE captioner (transformer decoder)           -> DIR/captioners/MLE/
- 5. SCST from the MLE model, one run per reward   -> DIR/captioners/NAME/
-    (each captioner then captions the test split  -> DIR/predictions/NAME.json)
- 6. `finecap evaluate` on all systems (+ Reference) -> DIR/metrics.json, DIR/report.html
+Steps, each a library call a user could make from Python (or the matching command):
+ 1. generate the scenes world (`write_world`)                 -> DIR/scenes/
+ 2. train the scenes CLIP (`train_clip`, Hugging Face format)  -> DIR/clip/
+ 3. train the grammar head (`train_grammar`)                   -> DIR/grammar/
+ 4. MLE captioner (transformer decoder, `train`)               -> DIR/captioners/MLE/
+ 5. SCST from the MLE model, one run per reward (`SYSTEMS`)    -> DIR/captioners/NAME/
+    (each captioner then captions the test split               -> DIR/predictions/NAME.json)
+ 6. the evaluation suite on all systems (+ Reference)          -> DIR/metrics.json, report.html
 Steps run as soon as what they need exists, `jobs` (default 2) at a time in worker processes,
 each logging to DIR/logs/STEP.log; the seconds of each land in DIR/timings.json. A step whose
 output already exists is skipped, so an interrupted run continues where it stopped.
@@ -24,83 +24,110 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from finecap.captioner import Captioner
-from finecap.cli import main as finecap
+from finecap.clip.grammar import GrammarTrainConfig, train_grammar
+from finecap.clip.train import ClipTrainConfig, ScenesClipConfig, train_clip
+from finecap.config import Settings, merge
 from finecap.data.formats import load_corpus, save_predictions
 from finecap.data.images import load_image
+from finecap.evaluation import EvaluationConfig, evaluate, write_results
 from finecap.io import atomic_write_text
-from finecap.train.config import load_config
+from finecap.report import format_table
+from finecap.rewards.clip_rewards import ClipRewardConfig
+from finecap.rewards.grammar import GrammarRewardConfig
+from finecap.scenes.generate import WorldConfig, write_world
+from finecap.train.config import TrainConfig, load_config
 from finecap.train.run import train
 
-CONFIGS = Path(__file__).parent / "configs"
-
-# System name in metrics.json -> SCST recipe (Cho et al. rows, then Chaffin et al. variants).
-SCST_SYSTEMS = {
-    "CIDEr": "scst_scenes_cider.yaml",
-    "CLIP-S": "scst_scenes_clip_s.yaml",
-    "CIDEr+CLIP-S": "scst_scenes_cider_clip_s.yaml",
-    "CLIP-S+Grammar": "scst_scenes_clip_s_grammar.yaml",
-    "Contrastive": "scst_scenes_contrastive.yaml",
-    "Contrastive+Disc": "scst_scenes_contrastive_disc.yaml",
-    "Contrastive+GT": "scst_scenes_contrastive_gt.yaml",
-}
+CLIP, GRAMMAR, MLE = "scenes CLIP", "grammar head", "MLE"
 
 
-@dataclass
-class ReproduceSettings:
-    images: int = 5000
-    clip_args: list[str] = field(default_factory=list)
-    grammar_args: list[str] = field(default_factory=list)
-    mle_overrides: list[str] = field(default_factory=list)
-    scst_overrides: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class System:
+    """One SCST row: its name in metrics.json, its recipe, and the steps it needs."""
+
+    name: str
+    recipe: str
+    needs: tuple[str, ...]
 
 
-# The MLE captioner is the default model's recipe (scenes_transformer.yaml: a transformer
-# decoder, as in Cho et al.), 12 epochs on this run's 5,000-image world. So that the whole
-# run fits in 45 minutes on 2 cores, the CLIP trains 10 epochs (12 by default) and the grammar
-# head 3 (6 by default): CLIP -> grammar head -> CLIP-S+Grammar is the run's longest chain.
-MLE_RECIPE = "scenes_transformer.yaml"
-FULL = ReproduceSettings(
-    clip_args=["--epochs", "10"],
-    grammar_args=["--epochs", "3"],
-    mle_overrides=["optim.max_epochs=12"],
-    scst_overrides=["data.val_images=100"],
-)
+# Cho et al. rows, then Chaffin et al. variants, in the tables' order.
+SYSTEMS = [
+    System("CIDEr", "scst_scenes_cider", (MLE,)),
+    System("CLIP-S", "scst_scenes_clip_s", (MLE, CLIP)),
+    System("CIDEr+CLIP-S", "scst_scenes_cider_clip_s", (MLE, CLIP)),
+    System("CLIP-S+Grammar", "scst_scenes_clip_s_grammar", (MLE, CLIP, GRAMMAR)),
+    System("Contrastive", "scst_scenes_contrastive", (MLE, CLIP)),
+    System("Contrastive+Disc", "scst_scenes_contrastive_disc", (MLE, CLIP)),
+    System("Contrastive+GT", "scst_scenes_contrastive_gt", (MLE, CLIP)),
+]
+SCST_SYSTEMS = [s.name for s in SYSTEMS]
 # SCST rows start longest first (as measured), so the two workers end close together.
 RUN_ORDER = [
     "Contrastive+GT", "Contrastive+Disc", "CLIP-S+Grammar", "CLIP-S", "CIDEr+CLIP-S",
     "Contrastive", "CIDEr",
 ]  # fmt: skip
+MLE_RECIPE = "scenes_transformer"
+
+
+class ReproduceSettings(Settings):
+    """What a reproduce run trains. `mle` and `scst` are recipe changes (nested mappings,
+    merged into the recipes and checked with them)."""
+
+    world: WorldConfig = WorldConfig(n=5000, seed=0)
+    clip_arch: ScenesClipConfig = ScenesClipConfig()
+    clip: ClipTrainConfig = ClipTrainConfig()
+    grammar: GrammarTrainConfig = GrammarTrainConfig()
+    mle: dict[str, Any] = {}
+    scst: dict[str, Any] = {}
+
+
+# The MLE captioner is the default model's recipe (scenes_transformer: a transformer decoder,
+# as in Cho et al.), 12 epochs on this run's 5,000-image world. So that the whole run fits in
+# 45 minutes on 2 cores, the CLIP trains 10 epochs (12 by default) and the grammar head 3 (6
+# by default): CLIP -> grammar head -> CLIP-S+Grammar is the run's longest chain.
+FULL = ReproduceSettings(
+    clip=ClipTrainConfig(epochs=10),
+    grammar=GrammarTrainConfig(epochs=3),
+    mle={"optim": {"max_epochs": 12}},
+    scst={"data": {"val_images": 100}},
+)
 QUICK = ReproduceSettings(
-    images=300,
-    clip_args=["--epochs", "3", "--hidden", "64", "--layers", "2"],
-    grammar_args=["--epochs", "1"],
-    mle_overrides=["optim.max_epochs=3", "model.encoder.width=64", "model.decoder.hidden_size=128"],
-    scst_overrides=["optim.max_epochs=1", "data.batch_size=10", "data.val_images=20"],
+    world=WorldConfig(n=300, seed=0),
+    clip_arch=ScenesClipConfig(hidden=64, layers=2),
+    clip=ClipTrainConfig(epochs=3),
+    grammar=GrammarTrainConfig(epochs=1),
+    mle={
+        "optim": {"max_epochs": 3},
+        "model": {"encoder": {"width": 64}, "decoder": {"hidden_size": 128}},
+    },
+    scst={"optim": {"max_epochs": 1}, "data": {"batch_size": 10, "val_images": 20}},
 )
 
 
-def _run(argv: list[str]) -> None:
-    status = finecap(argv)
-    if status:
-        raise RuntimeError(f"`finecap {' '.join(argv)}` failed with status {status}")
+def captioner_config(
+    recipe: str, out: Path, changes: dict, paths: dict, threads: int
+) -> TrainConfig:
+    """A recipe with this run's changes, dataset and threads, its reward models pointed at
+    this run's own CLIP and grammar head (by the type of each reward term's settings)."""
+    run = {"output_dir": str(out / "run"), "data": {"dataset": str(paths["dataset"])}}
+    run["trainer"] = {"threads": threads}
+    config = load_config(recipe, **merge(changes, run))
+    for term in config.scst.rewards if config.scst else ():
+        if isinstance(term, ClipRewardConfig):
+            term.clip = str(paths["clip"])
+        if isinstance(term, GrammarRewardConfig):
+            term.model = str(paths["grammar"])
+    return config
 
 
-def _train_captioner(
-    recipe: str, out: Path, overrides: list[str], init: Path | None, paths: dict
-) -> Path:
-    config = load_config(CONFIGS / recipe, [f"output_dir={out / 'run'}", *overrides])
-    config.data.dataset = str(paths["dataset"])
-    for term in config.scst.get("rewards", []):  # point reward models at this run's own
-        if "clip" in term:
-            term["clip"] = str(paths["clip"])
-        if "model" in term:
-            term["model"] = str(paths["grammar"])
+def _train_captioner(config: TrainConfig, out: Path, init: Path | None) -> Path:
     exported = train(config, init=init)
     partial = out / "model.partial"  # renamed when complete: an interrupted copy is redone
     shutil.rmtree(partial, ignore_errors=True)
@@ -130,29 +157,25 @@ class Step:
 
 
 def _scenes(paths: dict, settings: ReproduceSettings, threads: int) -> None:
-    n, out = str(settings.images), str(paths["dataset"].parent)
-    _run(["scenes", "generate", "--out", out, "--n", n, "--seed", "0"])
+    write_world(settings.world, paths["dataset"].parent, progress=False)
 
 
 def _clip(paths: dict, settings: ReproduceSettings, threads: int) -> None:
-    _run(["clip", "train", "--dataset", str(paths["dataset"]), "--out", str(paths["clip"]),
-          "--threads", str(threads), *settings.clip_args])  # fmt: skip
+    train_clip(paths["dataset"], paths["clip"], settings.clip_arch, settings.clip)
 
 
 def _grammar(paths: dict, settings: ReproduceSettings, threads: int) -> None:
-    _run(["grammar", "train", "--clip", str(paths["clip"]), "--dataset", str(paths["dataset"]),
-          "--out", str(paths["grammar"]), "--threads", str(threads),
-          *settings.grammar_args])  # fmt: skip
+    train_grammar(paths["clip"], paths["dataset"], paths["grammar"], settings.grammar)
 
 
 def _captioner(
-    name: str, recipe: str, init: Path | None, overrides: list[str], paths: dict, threads: int
+    name: str, recipe: str, init: Path | None, changes: dict, paths: dict, threads: int
 ) -> None:
     """Train one captioner (unless its model exists), then caption the test split with it."""
     folder = paths["captioners"] / name
     if not (folder / "model").exists():
-        threaded = [*overrides, f"trainer.threads={threads}"]
-        _train_captioner(recipe, folder, threaded, init, paths)
+        config = captioner_config(recipe, folder, changes, paths, threads)
+        _train_captioner(config, folder, init)
     torch.set_num_threads(threads)
     caption_split(folder / "model", paths["dataset"], "test", paths["predictions"] / f"{name}.json")
 
@@ -166,23 +189,21 @@ def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
         "captioners": out / "captioners",
         "predictions": out / "predictions",
     }
-    mle = paths["captioners"] / "MLE" / "model"
+    mle = paths["captioners"] / MLE / "model"
     steps = [
         Step("scenes world", paths["dataset"], (), _scenes, (paths, settings)),
-        Step("scenes CLIP", paths["clip"] / "config.json", ("scenes world",), _clip,
+        Step(CLIP, paths["clip"] / "config.json", ("scenes world",), _clip, (paths, settings)),
+        Step(MLE, paths["predictions"] / "MLE.json", ("scenes world",), _captioner,
+             (MLE, MLE_RECIPE, None, settings.mle, paths)),
+        Step(GRAMMAR, paths["grammar"] / "grammar_config.json", (CLIP,), _grammar,
              (paths, settings)),
-        Step("MLE", paths["predictions"] / "MLE.json", ("scenes world",), _captioner,
-             ("MLE", MLE_RECIPE, None, settings.mle_overrides, paths)),
-        Step("grammar head", paths["grammar"] / "grammar_config.json", ("scenes CLIP",),
-             _grammar, (paths, settings)),
     ]  # fmt: skip
+    systems = {s.name: s for s in SYSTEMS}
     for name in RUN_ORDER:
-        recipe = SCST_SYSTEMS[name]
-        needs = ("MLE",) if name == "CIDEr" else ("MLE", "scenes CLIP")
-        if "Grammar" in name:
-            needs += ("grammar head",)
-        args = (name, recipe, mle, settings.scst_overrides, paths)
-        steps.append(Step(name, paths["predictions"] / f"{name}.json", needs, _captioner, args))
+        system = systems[name]
+        args = (name, system.recipe, mle, settings.scst, paths)
+        done = paths["predictions"] / f"{name}.json"
+        steps.append(Step(name, done, system.needs, _captioner, args))
     return steps, paths
 
 
@@ -259,13 +280,21 @@ def reproduce(out: Path, settings: ReproduceSettings, jobs: int = 2) -> Path:
     predictions = paths["predictions"]
     print("[reproduce] evaluate ...", flush=True)
     evaluate_started = time.perf_counter()
-    _run([
-        "evaluate", "--predictions", *[f"{n}={predictions / f'{n}.json'}" for n in systems],
-        "--dataset", str(paths["dataset"]), "--split", "test", "--clip", str(paths["clip"]),
-        "--finecapeval", str(paths["dataset"].parent / "finecapeval.csv"), "--reference-row",
-        "--out", str(out / "metrics.json"), "--report", str(out / "report.html"),
-        "--paper-tables", "--report-samples", "16",
-    ])  # fmt: skip
+    evaluation = evaluate(
+        EvaluationConfig(
+            predictions={n: predictions / f"{n}.json" for n in systems},
+            dataset=paths["dataset"],
+            split="test",
+            clip=paths["clip"],
+            finecapeval=paths["dataset"].parent / "finecapeval.csv",
+            reference_row=True,
+        ),
+        log=lambda message: print(f"  {message}", flush=True),
+    )
+    write_results(
+        evaluation, out / "metrics.json", out / "report.html", report_samples=16, paper_tables=True
+    )
+    print(format_table(evaluation.result))
     timings["evaluate"] = round(time.perf_counter() - evaluate_started, 1)
     timings["total"] = round(time.perf_counter() - started, 1)
     timings["jobs"] = jobs

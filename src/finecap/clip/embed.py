@@ -91,8 +91,9 @@ def load_clip(
             )
         attempts = [True]
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        attempts = [True] if (local_files_only or offline) else [True, False]
+        from finecap.hub import offline
+
+        attempts = [True] if (local_files_only or offline()) else [True, False]
 
     last_error: Exception | None = None
     for local_only in attempts:

@@ -53,13 +53,14 @@ class ScenesClipConfig(Settings):
     """ViT input side in pixels."""
     patch_size: PositiveInt = 12
     """ViT patch side in pixels (96 / 12 = 8 x 8 patches + [CLS])."""
-    vision_hidden: PositiveInt = 192
-    vision_layers: PositiveInt = 4
-    text_hidden: PositiveInt = 192
-    text_layers: PositiveInt = 4
+    hidden: PositiveInt = 192
+    """Width of both towers (their MLPs are 4x wider)."""
+    layers: PositiveInt = 4
+    """Depth of both towers."""
     heads: PositiveInt = 4
-    """Attention heads of both towers; must divide both widths."""
+    """Attention heads of both towers; must divide hidden."""
     projection_dim: PositiveInt = 128
+    """Width of the shared image-text embedding space."""
     max_text_length: PositiveInt = 77
     """CLIP's context length; longer texts are truncated (EOS kept)."""
     bpe_vocab_size: int = Field(2000, ge=514)
@@ -71,10 +72,8 @@ class ScenesClipConfig(Settings):
             raise ValueError(
                 f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
             )
-        for width in ("vision_hidden", "text_hidden"):
-            size = getattr(self, width)
-            if size % self.heads:
-                raise ValueError(f"heads ({self.heads}) must divide {width} ({size})")
+        if self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         return self
 
 
@@ -82,11 +81,13 @@ class ClipTrainConfig(Settings):
     """How to train (or fine-tune) the CLIP."""
 
     epochs: PositiveInt = 12
+    """Passes over the training images."""
     batch_size: int = Field(128, ge=2)
     """Images per batch (each batch's other images are the negatives)."""
     lr: PositiveFloat | None = None
     """AdamW learning rate; None: 5e-4 from scratch, 1e-5 when fine-tuning (`init`)."""
     weight_decay: NonNegativeFloat = 0.1
+    """AdamW weight decay of the weight matrices (not embeddings, biases, norms)."""
     warmup_frac: Probability = 0.05
     """Share of the steps spent warming up linearly, then cosine decay to 0."""
     description_prob: Probability = 0.8
@@ -94,6 +95,7 @@ class ClipTrainConfig(Settings):
     prompt_prob: Probability = 0.5
     """Chance to prepend CLIP_PROMPT, so texts with and without it both work."""
     seed: int = 0
+    """Seed of the initialisation, batch order and text draws."""
     eval_split: str = "test"
     """Split of the retrieval check written to clip_eval.json."""
     trainer: LightningConfig = LightningConfig()
@@ -184,9 +186,9 @@ def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> CLIPMo
     assert tokenizer.eos_token_id != 2, "id 2 selects HF CLIP's legacy argmax pooling"
     text = dict(
         vocab_size=len(tokenizer),
-        hidden_size=cfg.text_hidden,
-        intermediate_size=4 * cfg.text_hidden,
-        num_hidden_layers=cfg.text_layers,
+        hidden_size=cfg.hidden,
+        intermediate_size=4 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         max_position_embeddings=cfg.max_text_length,
         bos_token_id=tokenizer.bos_token_id,
@@ -194,9 +196,9 @@ def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> CLIPMo
         pad_token_id=tokenizer.pad_token_id,
     )
     vision = dict(
-        hidden_size=cfg.vision_hidden,
-        intermediate_size=4 * cfg.vision_hidden,
-        num_hidden_layers=cfg.vision_layers,
+        hidden_size=cfg.hidden,
+        intermediate_size=4 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,

@@ -1,63 +1,65 @@
 """`finecap grammar train|score`: Cho et al.'s grammar head on a CLIP text encoder.
 
-Options left out keep the defaults of `GrammarTrainConfig` (`finecap.clip.grammar`).
+`grammar train`'s options include `GrammarTrainConfig` (`finecap.clip.grammar`), flattened
+into flags. That module pulls in torch and transformers; cli.py imports this one only when
+`finecap grammar` runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from typing import Annotated
+
+import tyro
+from pydantic import Field
+from tyro.conf import Positional
+
+from finecap.clip.grammar import GrammarModel, GrammarTrainConfig, train_grammar
+from finecap.config import Settings
+from finecap.errors import UserError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("grammar", help="grammar head (fluency reward g(c))")
-    sub = parser.add_subparsers(dest="grammar_command", required=True)
-    train = sub.add_parser(
-        "train",
-        help="fine-tune a CLIP text encoder with a grammar head",
-        description="Train the grammar head on references vs corrupted copies (repeat, remove, "
-        "insert, swap, shuffle) with the CLIP contrastive loss, vision tower frozen; save the "
-        "fine-tuned CLIP + head to OUT and write OUT/grammar_eval.json.",
+class GrammarTrainOptions(Settings):
+    """Train the grammar head on references vs corrupted copies (repeat, remove, insert, swap,
+    shuffle) with the CLIP contrastive loss, vision tower frozen; save the fine-tuned CLIP +
+    head to OUT and write OUT/grammar_eval.json."""
+
+    clip: str
+    """CLIP folder or hub name to start from."""
+    dataset: str
+    """Dataset file (its train split is used)."""
+    out: str
+    """Output folder."""
+    train: GrammarTrainConfig = GrammarTrainConfig()
+
+
+class GrammarScoreOptions(Settings):
+    """Print g(c), the probability that each text is fluent, as SCORE<TAB>TEXT lines."""
+
+    model: str
+    """Grammar model folder (from `finecap grammar train`)."""
+    texts: Positional[Annotated[list[str], tyro.conf.arg(metavar="TEXT [TEXT ...]")]] = Field(
+        min_length=1
     )
-    train.add_argument("--clip", required=True, help="CLIP folder or hub name to start from")
-    train.add_argument("--dataset", required=True, help="dataset file (train split used)")
-    train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--epochs", type=int, help="passes over the training references (default 6)")
-    train.add_argument("--batch-size", type=int, help="default 64")
-    train.add_argument(
-        "--lr", type=float, help="AdamW lr (default 5e-4; Cho et al.: 1e-4), weight decay 0.01"
-    )
-    train.add_argument(
-        "--description-prob", type=float, help="positives drawn from descriptions (0.3)"
-    )
-    train.add_argument("--seed", type=int, help="default 0")
-    train.add_argument("--eval-split", help="default test")
-    train.add_argument("--threads", type=int, dest="num_threads", help="torch CPU threads")
-    train.set_defaults(func=run_train)
-
-    score = sub.add_parser("score", help="print g(c), the probability each text is fluent")
-    score.add_argument("--model", required=True, help="grammar model folder")
-    score.add_argument("texts", nargs="+", metavar="TEXT")
-    score.set_defaults(func=run_score)
+    """Texts to score."""
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from finecap.clip.grammar import GrammarTrainConfig, train_grammar
-
-    fields = GrammarTrainConfig.__dataclass_fields__
-    cfg = GrammarTrainConfig(
-        **{k: v for k, v in vars(args).items() if k in fields and v is not None}
-    )
-    result = train_grammar(args.clip, args.dataset, args.out, cfg)
+def run_train(options: GrammarTrainOptions) -> int:
+    result = train_grammar(options.clip, options.dataset, options.out, options.train)
     print(json.dumps(result["accuracy"], indent=2))
-    print(f"grammar model saved to {args.out} (train {result['train_seconds']} s)")
+    print(f"grammar model saved to {options.out} (train {result['train_seconds']} s)")
     return 0
 
 
-def run_score(args: argparse.Namespace) -> int:
-    from finecap.clip.grammar import GrammarModel
-
-    model = GrammarModel.from_pretrained(args.model)
-    for text, g in zip(args.texts, model.score(args.texts).tolist(), strict=True):
+def run_score(options: GrammarScoreOptions) -> int:
+    try:
+        model = GrammarModel.from_pretrained(options.model)
+    except FileNotFoundError as err:  # not a grammar folder: the user's path, not a bug
+        raise UserError(str(err)) from None
+    scores = model.score(options.texts).tolist()
+    for text, g in zip(options.texts, scores, strict=True):
         print(f"{g:.4f}\t{text}")
     return 0
+
+
+COMMANDS = {"train": (GrammarTrainOptions, run_train), "score": (GrammarScoreOptions, run_score)}

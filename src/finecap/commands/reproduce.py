@@ -1,28 +1,30 @@
-"""`finecap reproduce --out DIR [--quick]`: the papers' tables on the scenes world."""
+"""`finecap reproduce --out DIR [--quick] [--jobs N]`: the papers' tables on the scenes world."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from finecap.config import PositiveInt, Settings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "reproduce",
-        help="scenes world -> CLIP, grammar head, MLE and SCST captioners -> metrics.json + report",
-    )
-    parser.add_argument("--out", required=True, help="output folder (resumes if it exists)")
-    parser.add_argument("--quick", action="store_true", help="a reduced run (minutes, for CI)")
-    parser.add_argument(
-        "--jobs", type=int, default=2, help="steps run side by side (default 2), threads split"
-    )
-    parser.set_defaults(func=run)
+class ReproduceOptions(Settings):
+    """Scenes world -> CLIP, grammar head, MLE and SCST captioners -> DIR/metrics.json and
+    DIR/report.html (Cho et al. 2022 and Chaffin et al. 2022 on the scenes world). Rerunning
+    on the same DIR continues where it stopped."""
+
+    out: str
+    """Output folder (resumes if it exists)."""
+    quick: bool = False
+    """A reduced run (minutes, for CI)."""
+    jobs: PositiveInt = 2
+    """Steps run side by side, each in its own process; the CPU threads are split."""
 
 
-def run(args: argparse.Namespace) -> int:
+def run(options: ReproduceOptions) -> int:
+    from pathlib import Path
+
     from finecap.reproduce import FULL, QUICK, reproduce
 
-    if args.jobs < 1:
-        raise SystemExit("--jobs must be at least 1")
-    reproduce(Path(args.out), QUICK if args.quick else FULL, jobs=args.jobs)
+    reproduce(Path(options.out), QUICK if options.quick else FULL, jobs=options.jobs)
     return 0
+
+
+COMMANDS = {"reproduce": (ReproduceOptions, run)}

@@ -1,6 +1,6 @@
 """Caption dataset loaders: every on-disk format becomes one `CaptionCorpus` of `ImageRecord`s.
 
-Formats (registry names; see /work/shared/REFERENCE.md section 1):
+Formats (registry names):
 
 - `karpathy`: Karpathy split JSON (`dataset_coco.json`, `dataset_flickr8k.json`,
   `dataset_flickr30k.json`, the scenes world's `dataset.json`). Splits come from the file and
@@ -33,7 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from finecap.errors import UserError
+from finecap.errors import MissingFileError, UserError
 from finecap.io import atomic_write_text
 from finecap.registry import Registry
 
@@ -157,7 +157,7 @@ def load_corpus(
     """
     source = SourceFile(Path(path))
     if not source.path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise MissingFileError(f"{path}: no such file or directory")
     if source.path.is_dir() and (source.path / CORPUS_FILE).is_file():
         source = SourceFile(source.path / CORPUS_FILE)
     if split is not None and split not in SPLITS:
@@ -313,7 +313,7 @@ def _load_flickr8k(source: SourceFile, split: str | None) -> CaptionCorpus:
     if source.path.is_dir():
         source = SourceFile(source.path / FLICKR8K_TOKEN_FILE)
         if not source.path.is_file():
-            raise FileNotFoundError(f"{source.path}: no such file")
+            raise MissingFileError(f"{source.path}: no such file")
     captions = _flickr8k_captions(source)
     split_of = _flickr8k_splits(source.path)
     # Ids follow sorted file names so they never depend on line order; token-file images
@@ -463,7 +463,7 @@ def load_predictions(path: str | os.PathLike) -> dict[int | str, str]:
     """Read `[{"image_id": int|str, "caption": str}, ...]` into {image_id: caption}."""
     source = SourceFile(Path(path))
     if not source.path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     data = source.json
     if not isinstance(data, list):
         raise source.error("top level", 'expected a list of {"image_id", "caption"} objects')

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from finecap.errors import MissingFileError
 from finecap.metrics.suite import EvalContext, System, official_group_scores, register_metric
 
 PHRASE_SEPARATOR = "\\;"  # the two characters backslash, semicolon
@@ -85,7 +86,7 @@ def load_finecapeval(path: str | os.PathLike) -> dict[str, FineCapEvalImage]:
     """Read a FineCapEval CSV (the original or the scenes world's) -> {image file name: entry}."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such FineCapEval file")
+        raise MissingFileError(f"{path}: no such FineCapEval file")
     entries: dict[str, FineCapEvalImage] = {}
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)

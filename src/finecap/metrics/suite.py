@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from finecap.config import PathStr, PositiveInt, Settings
 from finecap.errors import UserError
 
 NEED_REASONS = {
@@ -44,24 +45,25 @@ class EvalData:
     finecapeval: dict[str, Any] | None = None  # `load_finecapeval` output
 
 
-@dataclass
-class SuiteConfig:
+class SuiteConfig(Settings):
     """Models and options of a suite run, copied into `settings` (except batch_size and
     clip_cache, which do not change any score)."""
 
-    clip: str | None = None  # hub name or folder of a Hugging Face CLIP
-    text_encoder: str | None = None  # None: the bundled MiniLM when installed
-    refclip_variant: str = "hessel"  # "hessel" | "cho", see metrics.clipscore
-    bertscore_idf: bool = False  # idf weights from the split's references
-    bertscore_layers: int | None = None  # None: bert-score's table, else the last layer
-    batch_size: int = 64
-    clip_cache: str | None = None  # safetensors file caching image embeddings
-
-    def __post_init__(self) -> None:
-        if self.refclip_variant not in ("hessel", "cho"):
-            raise ValueError(
-                f"refclip_variant must be 'hessel' or 'cho', not {self.refclip_variant!r}"
-            )
+    clip: PathStr | None = None
+    """CLIP for CLIP-S and retrieval: a Hugging Face hub name or folder."""
+    text_encoder: PathStr | None = None
+    """BERTScore/similarity encoder (default: the bundled MiniLM when installed)."""
+    refclip_variant: Literal["hessel", "cho"] = "hessel"
+    """RefCLIP-S's reference term: Hessel et al.'s raw cosine, or Cho et al.'s clamped and
+    scaled one (`finecap.metrics.clipscore`)."""
+    bertscore_idf: bool = False
+    """Weight BERTScore tokens by idf from the split's references."""
+    bertscore_layers: PositiveInt | None = None
+    """Encoder layer for BERTScore (default: bert-score's table, else the last layer)."""
+    batch_size: PositiveInt = 64
+    """Images or texts encoded together."""
+    clip_cache: PathStr | None = None
+    """safetensors file caching image embeddings between runs."""
 
 
 @dataclass
@@ -262,7 +264,8 @@ def run_suite(
         "n_images": n,
         "metric_scale": "pycocoevalcap (fractions, CIDEr 1.123); tables print x100 except "
         + ", ".join(sorted(result.unscaled)),
-        **{k: v for k, v in asdict(config).items() if k not in ("batch_size", "clip_cache")},
+        # Only SuiteConfig's own fields: a subclass (EvaluationConfig) adds its inputs itself.
+        **config.model_dump(include=set(SuiteConfig.model_fields) - {"batch_size", "clip_cache"}),
         "text_encoder": ctx.text_encoder,
         **ctx.settings,
     }

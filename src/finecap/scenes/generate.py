@@ -28,10 +28,12 @@ import os
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import ConfigDict, Field, model_validator
 from tqdm import tqdm
 
+from finecap.config import NonNegativeInt, PositiveInt, Settings
 from finecap.data.vocab import simple_tokenize
 from finecap.scenes.language import (
     FineCapEvalRow,
@@ -54,25 +56,38 @@ DATASET_FILE = "dataset.json"
 FINECAPEVAL_FILE = "finecapeval.csv"
 
 
-@dataclass(frozen=True)
-class WorldConfig:
-    """What to generate. `val`/`test` default to 10 % of `n` each."""
+class WorldConfig(Settings):
+    """What to generate: `n` images split train/val/test (10 % val and 10 % test by default)."""
 
-    n: int = 1000
+    # Frozen (hence hashable), like the dataclass it replaced.
+    model_config = ConfigDict(frozen=True)
+
+    n: PositiveInt = 1000
+    """Total number of images."""
     seed: int = 0
-    image_size: int = 96
-    val: int | None = None
-    test: int | None = None
-    group_size: int = 5  # test images sharing the salient shape + colour
-    finecapeval_splits: tuple[str, ...] = ("val", "test")
+    """Random seed."""
+    image_size: int = Field(96, ge=32)
+    """Image side in pixels (at least 32)."""
+    val: NonNegativeInt | None = None
+    """Val images (None: n // 10)."""
+    test: NonNegativeInt | None = None
+    """Test images (None: n // 10)."""
+    group_size: PositiveInt = 5
+    """Test images per group sharing the salient shape and colour."""
+    finecapeval_splits: tuple[Literal["train", "val", "test"], ...] = ("val", "test")
+    """Splits written to finecapeval.csv."""
+
+    @model_validator(mode="after")
+    def _splits_fit(self) -> WorldConfig:
+        sizes = self.split_sizes()
+        if sizes["train"] < 0:
+            raise ValueError(f"val ({sizes['val']}) + test ({sizes['test']}) exceed n ({self.n})")
+        return self
 
     def split_sizes(self) -> dict[str, int]:
+        """Images per split, in imgid order (always valid once constructed)."""
         val = self.n // 10 if self.val is None else self.val
         test = self.n // 10 if self.test is None else self.test
-        if self.n < 1 or val < 0 or test < 0 or val + test > self.n:
-            raise ValueError(f"bad split sizes: n={self.n}, val={val}, test={test}")
-        if self.image_size < 32 or self.group_size < 1:
-            raise ValueError("image_size must be >= 32 and group_size >= 1")
         return {"train": self.n - val - test, "val": val, "test": test}
 
 

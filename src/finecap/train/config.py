@@ -19,6 +19,7 @@ from pydantic import Field, SerializeAsAny, WrapValidator, model_validator
 from finecap.config import (
     NonNegativeFloat,
     NonNegativeInt,
+    PathStr,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -41,7 +42,7 @@ def _task_names() -> list[str]:
 
 
 class DataConfig(Settings):
-    dataset: str
+    dataset: PathStr
     """Dataset file (Karpathy JSON, COCO captions, Flickr8k token file, JSONL/CSV pairs)."""
     image_root: str | None = None
     """Folder the dataset's image paths are relative to (default: the dataset's folder)."""

@@ -1,0 +1,276 @@
+"""Evaluating captioning systems on a dataset split, from files: what `finecap evaluate` and
+`finecap reproduce` run, callable from Python.
+
+    from finecap.evaluation import EvaluationConfig, evaluate, write_results
+
+    config = EvaluationConfig(predictions=["MLE=mle.json", "scst.json"], dataset="data/",
+                              clip="runs/clip", metrics=["official", "clipscore"])
+    evaluation = evaluate(config)
+    evaluation.result.systems["MLE"]["CIDEr"]  # pycocoevalcap scale (1.123, not 112.3)
+    write_results(evaluation, "metrics.json", report="report.html")
+
+Predictions are COCO results files (`[{"image_id", "caption"}]`, image_id = the dataset's
+cocoid where it has one, else imgid); each file is a system named after the file, or NAME with
+`NAME=path`. References come from a Karpathy-format dataset (or any `load_corpus` format).
+Inputs that do not fit together (an empty split, an unknown metric, predictions for other
+images, image files that are not there) raise a `finecap.errors.UserError` naming the file and
+the fault, before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from finecap.config import PathStr
+from finecap.errors import UserError
+from finecap.metrics.suite import (
+    EvalData,
+    PredictionsError,
+    SuiteConfig,
+    SuiteResult,
+    System,
+    align_predictions,
+    list_metrics,
+    resolve_selection,
+    run_suite,
+)
+
+__all__ = ["Evaluation", "EvaluationConfig", "InputError", "evaluate", "write_results"]
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(UserError, ValueError):
+    """The inputs of an evaluation do not fit together; the message says how."""
+
+
+class EvaluationConfig(SuiteConfig):
+    """What to score, on what, with which metrics (plus the suite's models and options)."""
+
+    predictions: list[str] = Field(min_length=1)
+    """COCO results files, one a system: `FILE` (named after the file) or `NAME=FILE`; a
+    mapping {NAME: FILE} is read as the same list."""
+    dataset: PathStr
+    """Karpathy-format dataset.json, or its folder (or COCO captions JSON)."""
+    split: str = "test"
+    """The split to score."""
+    images: PathStr | None = None
+    """Image root (default: the dataset's folder)."""
+    finecapeval: PathStr | None = None
+    """FineCapEval annotations (CSV) of the split's images."""
+    metrics: list[str] | None = None
+    """Metric or group names, comma-separated or as a list (default: all registered)."""
+    reference_row: bool = False
+    """Add a system 'Reference': each image's first reference, scored against the others."""
+    allow_missing: bool = False
+    """Score only the images every system captioned instead of failing."""
+
+    @field_validator("predictions", mode="before")
+    @classmethod
+    def _mapping_to_items(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return [f"{name}={os.fspath(path)}" for name, path in value.items()]
+        items = [value] if isinstance(value, str | os.PathLike) else value
+        if not isinstance(items, list | tuple):
+            return value  # let pydantic word the type error
+        return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in items]
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # "BLEU-4,CIDEr" is how the command line has always spelled a selection.
+        if value is None:
+            return None
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value  # let pydantic word the type error
+        names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+        return names or None
+
+    def systems(self) -> list[tuple[str, Path]]:
+        """(name, predictions file) per system, in the order given."""
+        systems: list[tuple[str, Path]] = []
+        for item in self.predictions:
+            name, eq, path = item.partition("=")
+            # A file whose own name holds "=" is a file, not NAME=FILE.
+            if not eq or not name or Path(item).exists():
+                name, path = Path(item).stem, item
+            if name in {n for n, _ in systems}:
+                raise PredictionsError(f"two systems are named {name!r}: use NAME=path")
+            systems.append((name, Path(path)))
+        return systems
+
+
+@dataclass
+class Evaluation:
+    """An evaluation's scores and what they were computed on."""
+
+    result: SuiteResult  # scores, unavailable metrics with reasons, settings
+    data: EvalData  # the scored images (those every system covers), references
+    systems: list[System]  # captions aligned with data.image_ids (and Reference, if asked)
+    predictions: dict[str, Path]  # system name -> its predictions file
+    image_paths: list[Path]  # every scored image's path, whether or not the file exists
+
+    def to_json(self) -> dict[str, Any]:
+        """The `metrics.json` document."""
+        return self.result.to_json()
+
+
+def evaluate(config: EvaluationConfig, log: Callable[[str], None] | None = None) -> Evaluation:
+    """Load the predictions, dataset split and annotations `config` names, check they fit
+    together, and score every system. `log` gets notes (ignored predictions, images left out,
+    time per metric group); default: this module's logger at INFO."""
+    log = log or logger.info
+    try:
+        wanted = resolve_selection(config.metrics)  # unknown names fail before any loading
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    data, systems, given, paths = _inputs(config, wanted, log)
+    result = run_suite(systems, data, config, config.metrics, log=log)
+    result.settings.update(
+        dataset=str(config.dataset),
+        split=config.split,
+        predictions={name: str(path) for name, path in given},
+        finecapeval_file=config.finecapeval,
+        reference_row="first reference vs the others" if config.reference_row else None,
+    )
+    return Evaluation(result, data, systems, dict(given), paths)
+
+
+def write_results(
+    evaluation: Evaluation,
+    out: str | os.PathLike,
+    report: str | os.PathLike | None = None,
+    report_samples: int = 12,
+    paper_tables: bool = False,
+) -> None:
+    """Write `metrics.json` to `out` and, with `report`, the self-contained HTML report
+    (`report_samples` images; `paper_tables`: Cho et al.'s tables instead of one table).
+    Both are written atomically: a reader never sees half a file."""
+    from finecap.io import atomic_write_text
+
+    atomic_write_text(out, json.dumps(evaluation.to_json(), indent=2) + "\n")
+    if report is None:
+        return
+    from finecap.report import pick_samples, write_report
+
+    data = evaluation.data
+    captions = {s.name: s.captions for s in evaluation.systems}
+    samples = pick_samples(
+        data.image_ids, evaluation.image_paths, data.references, captions, n=report_samples
+    )
+    write_report(report, evaluation.result, samples, paper_tables=paper_tables)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _inputs(
+    config: EvaluationConfig, wanted: dict[str, frozenset[str]], log: Callable[[str], None]
+) -> tuple[EvalData, list[System], list[tuple[str, Path]], list[Path]]:
+    """The suite's inputs, the systems, (name, file) per predictions file, image paths."""
+    from finecap.data.formats import load_corpus
+
+    given = config.systems()
+    corpus = load_corpus(config.dataset, image_root=config.images)  # missing: a UserError
+    records = _split_records(corpus, config)
+    aligned, covered = _align(given, corpus, records, config, log)
+    paths = [corpus.image_path(r) for r in covered]
+    _check_images(covered, paths, config, wanted)
+    data = EvalData(
+        image_ids=[r.image_id for r in covered],
+        references=[list(r.captions) for r in covered],
+        file_names=[r.path for r in covered],
+        image_paths=paths if all(p.is_file() for p in paths) else None,
+        train_captions=[c for r in corpus.split("train") for c in r.captions] or None,
+        finecapeval=_finecapeval(config, covered),
+    )
+    systems = [System(name, [preds[i] for i in data.image_ids]) for name, preds in aligned.items()]
+    if config.reference_row:
+        # The first reference is the "system", scored against the remaining ones.
+        first = [refs[0] for refs in data.references]
+        systems.append(System("Reference", first, [r[1:] or r for r in data.references]))
+    return data, systems, given, paths
+
+
+def _split_records(corpus, config: EvaluationConfig) -> list:
+    try:
+        records = corpus.split(config.split)
+    except ValueError as err:  # an unknown split name
+        raise InputError(str(err)) from None
+    if not records:
+        present = ", ".join(sorted({r.split for r in corpus.images}))
+        raise InputError(f"{config.dataset}: the {config.split} split is empty (splits: {present})")
+    no_refs = [r.image_id for r in records if not r.captions]
+    if no_refs:
+        raise InputError(
+            f"{config.dataset}: {len(no_refs)} {config.split} images have no reference captions "
+            f"(image_id {', '.join(map(str, no_refs[:10]))})"
+        )
+    return records
+
+
+def _align(
+    given: Sequence[tuple[str, Path]], corpus, records, config: EvaluationConfig, log
+) -> tuple[dict[str, dict[int, str]], list]:
+    """Each system's {image_id: caption} and the split records every system covers."""
+    from finecap.data.formats import load_predictions
+
+    split_of = {r.image_id: r.split for r in corpus.images}
+    split_ids = [r.image_id for r in records]
+    aligned: dict[str, dict[int, str]] = {}
+    for name, path in given:
+        preds, elsewhere = align_predictions(
+            load_predictions(path),
+            split_ids,
+            split_of,
+            str(path),
+            config.split,
+            config.allow_missing,
+        )
+        if elsewhere:
+            log(f"{path}: ignoring {elsewhere} captions of images outside {config.split}")
+        aligned[name] = preds
+    covered = [r for r in records if all(r.image_id in p for p in aligned.values())]
+    if not covered:
+        raise InputError(f"no {config.split} image is captioned by every system")
+    if len(covered) < len(records):
+        log(f"scoring the {len(covered)} of {len(records)} images every system covers")
+    return aligned, covered
+
+
+def _check_images(covered, paths: list[Path], config: EvaluationConfig, wanted) -> None:
+    """With a CLIP and an image metric selected, every image file must exist: a silently
+    unavailable CLIP-S would be worse than an error naming the missing file."""
+    image_groups = [g.name for g in list_metrics() if "images" in g.needs and g.name in wanted]
+    if not (config.clip and image_groups):
+        return
+    absent = [(r.image_id, p) for r, p in zip(covered, paths, strict=True) if not p.is_file()]
+    if absent:
+        shown = "; ".join(f"image_id {i}: {p}" for i, p in absent[:5])
+        raise InputError(f"{len(absent)} image files not found ({shown}); pass --images DIR")
+
+
+def _finecapeval(config: EvaluationConfig, covered) -> dict | None:
+    if not config.finecapeval:
+        return None
+    from finecap.metrics.finecapeval import load_finecapeval, match_images
+
+    try:
+        entries = load_finecapeval(config.finecapeval)
+    except ValueError as err:  # missing columns, bad rows (a missing file is a UserError)
+        raise InputError(str(err)) from None
+    if not any(match_images(entries, [r.path for r in covered])):
+        raise InputError(
+            f"{config.finecapeval}: none of its {len(entries)} images is a {config.split} "
+            "image of the dataset (rows match images by file name)"
+        )
+    return entries
