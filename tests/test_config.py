@@ -268,3 +268,10 @@ def test_hub_names_are_looked_up_locally_when_the_hub_is_unreachable(monkeypatch
     assert seen == {}
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.offline()
+
+
+def test_grammar_settings_name_every_negative_kind_the_code_makes() -> None:
+    from finecap.clip.config import NEGATIVE_KINDS
+    from finecap.clip.grammar import NEGATIVES
+
+    assert tuple(NEGATIVES) == NEGATIVE_KINDS

@@ -133,22 +133,22 @@ def format_errors(err: ValidationError, data: Any, source: str, root: type | Non
     lines = []
     for e in err.errors(include_url=False):
         path, node_class = _key_path(e["loc"], data, root)
-        key = ".".join(path) or "(top level)"
+        where = f"{source}: {'.'.join(path)}" if path else source
         if e["type"] == "extra_forbidden":
             known = ""
             if node_class is not None:
                 owner = node_class.model_fields.get("name")
                 of = f" of {owner.default}" if owner is not None and owner.default else ""
                 known = f"; the keys{of}: {', '.join(node_class.model_fields)}"
-            lines.append(f"{source}: {key}: unknown key{known}")
+            lines.append(f"{where}: unknown key{known}")
             continue
         message = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if e["type"] == "missing":
-            lines.append(f"{source}: {key}: required, not given")
+            lines.append(f"{where}: required, not given")
         elif e["type"] in ("value_error", "assertion_error") and isinstance(e["input"], dict):
-            lines.append(f"{source}: {key}: {message}")
+            lines.append(f"{where}: {message}")
         else:
-            lines.append(f"{source}: {key}: {message} (got {_short(e.get('input'))})")
+            lines.append(f"{where}: {message} (got {_short(e.get('input'))})")
     return "\n".join(dict.fromkeys(lines))
 
 

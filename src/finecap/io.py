@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, config or result file.
+"""Atomic file writes (a reader never sees a half-written checkpoint, config or result file)
+and one writer per output folder (`FolderLock`).
 
 The data goes to a temporary file in the target's own directory (same filesystem), is
 flushed to disk, then renamed over the target with `os.replace`, which is atomic on POSIX
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from finecap.errors import UserError
 
 
 def _default_mode() -> int:
@@ -43,3 +46,46 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Write `text` to `path` atomically (see `atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+class FolderInUseError(UserError, RuntimeError):
+    """Another finecap process holds the folder's lock."""
+
+
+class FolderLock:
+    """One writer per output folder: an exclusive `flock` on `FOLDER/.finecap.lock`.
+
+    The kernel releases the lock when its process dies, however it dies, so a lock left by a
+    killed run is simply taken over; the file holds the owner's pid for the error message.
+    Use as a context manager: `with FolderLock(out): ...`.
+    """
+
+    FILE = ".finecap.lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str = "finecap") -> None:
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / self.FILE, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FolderInUseError(
+                f"{self.folder} is in use by another finecap process (pid {owner}); wait for "
+                "it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from finecap.captioner import Captioner
-from finecap.clip.grammar import GrammarTrainConfig, train_grammar
-from finecap.clip.train import ClipTrainConfig, ScenesClipConfig, train_clip
+from finecap.clip.config import ClipTrainConfig, GrammarTrainConfig, ScenesClipConfig
+from finecap.clip.grammar import train_grammar
+from finecap.clip.train import train_clip
 from finecap.config import Settings, merge
 from finecap.data.formats import load_corpus, save_predictions
 from finecap.data.images import load_image

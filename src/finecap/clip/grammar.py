@@ -34,16 +34,15 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from finecap.clip.config import GrammarTrainConfig
 from finecap.clip.train import (
     CLIP_PROMPT,
     RecordPixels,
@@ -55,11 +54,10 @@ from finecap.clip.train import (
     pooled_texts,
     retrieval_eval,
 )
-from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.data.vocab import simple_tokenize
+from finecap.errors import MissingFileError
 from finecap.io import atomic_write_text
-from finecap.train.lightning import LightningConfig
 
 HEAD_FILE, CONFIG_FILE = "grammar_head.safetensors", "grammar_config.json"
 
@@ -236,7 +234,7 @@ class GrammarModel(nn.Module):
 
         path = Path(path)
         if not (path / HEAD_FILE).is_file() or not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path}: not a grammar model folder (needs {HEAD_FILE} and {CONFIG_FILE})"
             )
         config = GrammarConfig(**json.loads((path / CONFIG_FILE).read_text()))
@@ -254,27 +252,6 @@ def freeze_vision(clip: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- training
-
-
-class GrammarTrainConfig(Settings):
-    epochs: PositiveInt = 6
-    """Passes over the training references."""
-    batch_size: int = Field(64, ge=2)
-    lr: PositiveFloat = 5e-4
-    """AdamW learning rate (Cho et al.: 1e-4; see the module docstring)."""
-    weight_decay: NonNegativeFloat = 0.01
-    warmup_frac: Probability = 0.05
-    description_prob: Probability = 0.3
-    """Share of positives drawn from detailed descriptions (long, fluent) instead of references."""
-    seed: int = 0
-    eval_split: str = "test"
-    prompt: str = CLIP_PROMPT
-    """Prepended to every caption before the text encoder (Cho et al.)."""
-    kinds: list[Literal[tuple(NEGATIVES)]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: list(NEGATIVES), min_length=1
-    )
-    """Negative kinds to train on."""
-    trainer: LightningConfig = LightningConfig()
 
 
 class CaptionNegatives(Dataset):

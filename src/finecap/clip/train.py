@@ -31,77 +31,17 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from tokenizers import pre_tokenizers
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
+from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig
 from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
 from finecap.data.images import load_image
 from finecap.io import atomic_write_text
-from finecap.train.lightning import LightningConfig, make_trainer, warmup_cosine_schedule
+from finecap.train.lightning import make_trainer, warmup_cosine_schedule
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-CLIP_PROMPT = "A photo depicts "  # Hessel et al.'s CLIP-S prompt; see ClipTrainConfig.prompt_prob
-
-
-class ScenesClipConfig(Settings):
-    """Architecture of a CLIP trained from scratch (Hugging Face `CLIPConfig` fields)."""
-
-    image_size: int = Field(96, ge=16)
-    """ViT input side in pixels."""
-    patch_size: PositiveInt = 12
-    """ViT patch side in pixels (96 / 12 = 8 x 8 patches + [CLS])."""
-    hidden: PositiveInt = 192
-    """Width of both towers (their MLPs are 4x wider)."""
-    layers: PositiveInt = 4
-    """Depth of both towers."""
-    heads: PositiveInt = 4
-    """Attention heads of both towers; must divide hidden."""
-    projection_dim: PositiveInt = 128
-    """Width of the shared image-text embedding space."""
-    max_text_length: PositiveInt = 77
-    """CLIP's context length; longer texts are truncated (EOS kept)."""
-    bpe_vocab_size: int = Field(2000, ge=514)
-    """Upper bound on the BPE vocabulary (256 bytes twice, BOS, EOS, then merges)."""
-
-    @model_validator(mode="after")
-    def _shapes_fit(self) -> ScenesClipConfig:
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
-            )
-        if self.hidden % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
-        return self
-
-
-class ClipTrainConfig(Settings):
-    """How to train (or fine-tune) the CLIP."""
-
-    epochs: PositiveInt = 12
-    """Passes over the training images."""
-    batch_size: int = Field(128, ge=2)
-    """Images per batch (each batch's other images are the negatives)."""
-    lr: PositiveFloat | None = None
-    """AdamW learning rate; None: 5e-4 from scratch, 1e-5 when fine-tuning (`init`)."""
-    weight_decay: NonNegativeFloat = 0.1
-    """AdamW weight decay of the weight matrices (not embeddings, biases, norms)."""
-    warmup_frac: Probability = 0.05
-    """Share of the steps spent warming up linearly, then cosine decay to 0."""
-    description_prob: Probability = 0.8
-    """Chance per image and epoch to train on a detailed description, else a reference."""
-    prompt_prob: Probability = 0.5
-    """Chance to prepend CLIP_PROMPT, so texts with and without it both work."""
-    seed: int = 0
-    """Seed of the initialisation, batch order and text draws."""
-    eval_split: str = "test"
-    """Split of the retrieval check written to clip_eval.json."""
-    trainer: LightningConfig = LightningConfig()
-
-    def learning_rate(self, fine_tuning: bool) -> float:
-        return self.lr if self.lr is not None else (1e-5 if fine_tuning else 5e-4)
 
 
 # --------------------------------------------------------------------------- tokenizer

@@ -1,15 +1,15 @@
 """`finecap clip train`: train a small CLIP on a dataset (scenes: from scratch) or fine-tune one.
 
 The options are `ScenesClipConfig` (the architecture, used from scratch only) and
-`ClipTrainConfig` (`finecap.clip.train`), flattened into one set of flags. That module pulls in
-torch and transformers; cli.py imports this one only when `finecap clip` runs.
+`ClipTrainConfig` (`finecap.clip.config`), flattened into one set of flags; the training code
+(torch, transformers) is imported when the command runs.
 """
 
 from __future__ import annotations
 
 import json
 
-from finecap.clip.train import ClipTrainConfig, ScenesClipConfig, train_clip
+from finecap.clip.config import ClipTrainConfig, ScenesClipConfig
 from finecap.config import Settings
 
 
@@ -31,6 +31,8 @@ class ClipTrainOptions(Settings):
 
 
 def run_train(options: ClipTrainOptions) -> int:
+    from finecap.clip.train import train_clip
+
     result = train_clip(options.dataset, options.out, options.arch, options.train, options.init)
     print(json.dumps(result["retrieval"], indent=2))
     print(f"CLIP saved to {options.out} (train {result['train_seconds']} s)")

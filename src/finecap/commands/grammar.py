@@ -1,8 +1,7 @@
 """`finecap grammar train|score`: Cho et al.'s grammar head on a CLIP text encoder.
 
-`grammar train`'s options include `GrammarTrainConfig` (`finecap.clip.grammar`), flattened
-into flags. That module pulls in torch and transformers; cli.py imports this one only when
-`finecap grammar` runs.
+`grammar train`'s options include `GrammarTrainConfig` (`finecap.clip.config`), flattened
+into flags; the training code (torch, transformers) is imported when a command runs.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ import tyro
 from pydantic import Field
 from tyro.conf import Positional
 
-from finecap.clip.grammar import GrammarModel, GrammarTrainConfig, train_grammar
+from finecap.clip.config import GrammarTrainConfig
 from finecap.config import Settings
-from finecap.errors import UserError
 
 
 class GrammarTrainOptions(Settings):
@@ -45,6 +43,8 @@ class GrammarScoreOptions(Settings):
 
 
 def run_train(options: GrammarTrainOptions) -> int:
+    from finecap.clip.grammar import train_grammar
+
     result = train_grammar(options.clip, options.dataset, options.out, options.train)
     print(json.dumps(result["accuracy"], indent=2))
     print(f"grammar model saved to {options.out} (train {result['train_seconds']} s)")
@@ -52,10 +52,9 @@ def run_train(options: GrammarTrainOptions) -> int:
 
 
 def run_score(options: GrammarScoreOptions) -> int:
-    try:
-        model = GrammarModel.from_pretrained(options.model)
-    except FileNotFoundError as err:  # not a grammar folder: the user's path, not a bug
-        raise UserError(str(err)) from None
+    from finecap.clip.grammar import GrammarModel
+
+    model = GrammarModel.from_pretrained(options.model)
     scores = model.score(options.texts).tolist()
     for text, g in zip(options.texts, scores, strict=True):
         print(f"{g:.4f}\t{text}")

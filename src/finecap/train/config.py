@@ -31,7 +31,7 @@ from finecap.config import (
 from finecap.decoding import DecodingConfig
 from finecap.models import ModelConfig
 from finecap.rewards.base import RewardConfig, reward_config_class
-from finecap.train.lightning import TrainerConfig
+from finecap.train.settings import TrainerConfig
 
 
 def _task_names() -> list[str]:

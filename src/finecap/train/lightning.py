@@ -1,6 +1,6 @@
 """The one Lightning trainer factory and learning-rate schedule of finecap: captioners (MLE,
 SCST), the scenes CLIP and the grammar head all train through `make_trainer` and
-`warmup_cosine`, configured by the same `LightningConfig` section."""
+`warmup_cosine`, configured by the same `LightningConfig` section (`finecap.train.settings`)."""
 
 from __future__ import annotations
 
@@ -8,41 +8,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from finecap.config import PositiveInt, Settings
+from finecap.train.settings import LightningConfig, TrainerConfig
 
 LOGGERS = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
-
-
-class LightningConfig(Settings):
-    """Where and how Lightning runs a training loop."""
-
-    accelerator: str = "cpu"
-    """Lightning accelerator: cpu, gpu, cuda, mps or auto."""
-    devices: PositiveInt | Literal["auto"] = 1
-    strategy: str = "auto"
-    """Lightning strategy, e.g. "ddp" for several GPUs."""
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"] = (
-        "32-true"
-    )
-    threads: PositiveInt | None = None
-    """torch.set_num_threads; None leaves PyTorch's default."""
-
-
-class TrainerConfig(LightningConfig):
-    """A captioner's trainer: LightningConfig plus logging, validation and selection."""
-
-    logger: Literal["csv", "tensorboard"] = "csv"
-    val_every_n_epochs: PositiveInt = 1
-    select: Literal["val_cider", "last"] = "val_cider"
-    """Which checkpoint becomes model/: "val_cider" (the best validation CIDEr-D) or "last".
-    SCST recipes take the last: picking by CIDEr-D would undo what another reward taught."""
 
 
 def make_trainer(

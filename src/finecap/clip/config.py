@@ -1,0 +1,95 @@
+"""Settings of CLIP and grammar-head training: plain typed classes, importable without torch,
+so `finecap clip train --help` is instant. The training code is `finecap.clip.train` and
+`finecap.clip.grammar`."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
+
+from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
+from finecap.train.settings import LightningConfig
+
+CLIP_PROMPT = "A photo depicts "  # Hessel et al.'s CLIP-S prompt; see ClipTrainConfig.prompt_prob
+
+NegativeKind = Literal["repeat", "remove", "insert", "swap", "shuffle"]
+"""The grammar head's corruptions (`finecap.clip.grammar.NEGATIVES` implements each)."""
+NEGATIVE_KINDS: tuple[str, ...] = get_args(NegativeKind)
+
+
+class ScenesClipConfig(Settings):
+    """Architecture of a CLIP trained from scratch (Hugging Face `CLIPConfig` fields)."""
+
+    image_size: int = Field(96, ge=16)
+    """ViT input side in pixels."""
+    patch_size: PositiveInt = 12
+    """ViT patch side in pixels (96 / 12 = 8 x 8 patches + [CLS])."""
+    hidden: PositiveInt = 192
+    """Width of both towers (their MLPs are 4x wider)."""
+    layers: PositiveInt = 4
+    """Depth of both towers."""
+    heads: PositiveInt = 4
+    """Attention heads of both towers; must divide hidden."""
+    projection_dim: PositiveInt = 128
+    """Width of the shared image-text embedding space."""
+    max_text_length: PositiveInt = 77
+    """CLIP's context length; longer texts are truncated (EOS kept)."""
+    bpe_vocab_size: int = Field(2000, ge=514)
+    """Upper bound on the BPE vocabulary (256 bytes twice, BOS, EOS, then merges)."""
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> ScenesClipConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
+            )
+        if self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
+
+
+class ClipTrainConfig(Settings):
+    """How to train (or fine-tune) the CLIP."""
+
+    epochs: PositiveInt = 12
+    """Passes over the training images."""
+    batch_size: int = Field(128, ge=2)
+    """Images per batch (each batch's other images are the negatives)."""
+    lr: PositiveFloat | None = None
+    """AdamW learning rate; None: 5e-4 from scratch, 1e-5 when fine-tuning (`init`)."""
+    weight_decay: NonNegativeFloat = 0.1
+    """AdamW weight decay of the weight matrices (not embeddings, biases, norms)."""
+    warmup_frac: Probability = 0.05
+    """Share of the steps spent warming up linearly, then cosine decay to 0."""
+    description_prob: Probability = 0.8
+    """Chance per image and epoch to train on a detailed description, else a reference."""
+    prompt_prob: Probability = 0.5
+    """Chance to prepend CLIP_PROMPT, so texts with and without it both work."""
+    seed: int = 0
+    """Seed of the initialisation, batch order and text draws."""
+    eval_split: str = "test"
+    """Split of the retrieval check written to clip_eval.json."""
+    trainer: LightningConfig = LightningConfig()
+
+    def learning_rate(self, fine_tuning: bool) -> float:
+        return self.lr if self.lr is not None else (1e-5 if fine_tuning else 5e-4)
+
+
+class GrammarTrainConfig(Settings):
+    epochs: PositiveInt = 6
+    """Passes over the training references."""
+    batch_size: int = Field(64, ge=2)
+    lr: PositiveFloat = 5e-4
+    """AdamW learning rate (Cho et al.: 1e-4; see the module docstring)."""
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_frac: Probability = 0.05
+    description_prob: Probability = 0.3
+    """Share of positives drawn from detailed descriptions (long, fluent) instead of references."""
+    seed: int = 0
+    eval_split: str = "test"
+    prompt: str = CLIP_PROMPT
+    """Prepended to every caption before the text encoder (Cho et al.)."""
+    kinds: list[NegativeKind] = Field(default_factory=lambda: list(NEGATIVE_KINDS), min_length=1)
+    """Negative kinds to train on."""
+    trainer: LightningConfig = LightningConfig()
