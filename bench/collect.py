@@ -9,7 +9,7 @@ this only puts them in one place, in a fixed order.
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["caption", "cider", "eval", "rewards", "scst"]
+ORDER = ["caption", "cider", "eval", "rewards", "scst", "memory"]
 
 HEADER = """# Benchmarks
 

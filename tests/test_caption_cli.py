@@ -182,3 +182,46 @@ def test_attention_figure_panels_and_alignment(tmp_path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temp file left behind
     empty = Caption("", [], -1.0, attention[:1], (2, 2))
     assert len(attention_figure(image, empty).axes) == 1
+
+
+def test_odd_file_names_cannot_forge_plain_lines(model_dir, tmp_path, capsys) -> None:
+    """Tabs, newlines, backslashes and non-UTF-8 bytes in file names come out escaped, so every
+    plain line is still exactly PATH<TAB>caption (--json needs no escaping)."""
+    folder = tmp_path / "odd"
+    good = save_images(folder, 1)[0]
+    names = {"tab\tx.png": "tab\\tx.png", "new\nline.png": "new\\nline.png"}
+    names |= {"back\\slash.png": "back\\\\slash.png", "esc\x1b.png": "esc\\x1b.png"}
+    names |= {os.fsdecode(b"byte\xff.png"): "byte\\xff.png", "plain é.png": "plain é.png"}
+    for name in names:
+        (folder / name).write_bytes(good.read_bytes())
+    good.unlink()
+    rc = main(["caption", str(folder), "--model", str(model_dir)])
+    out = capsys.readouterr().out
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert rc == 0 and all(len(fields) == 2 and fields[1] for fields in lines)
+    shown = [os.path.basename(path) for path, _ in lines]
+    assert shown == [names[name] for name in sorted(names)]
+    rc = main(["caption", str(folder), "--model", str(model_dir), "--json"])
+    records = _json_lines(capsys.readouterr().out)
+    assert [os.path.basename(r["image"]) for r in records] == sorted(names)
+
+
+def test_reader_closing_the_pipe_early_is_quiet(model_dir, tmp_path) -> None:
+    """`finecap caption ... | head -1`: no BrokenPipeError traceback, exit 141 (as SIGPIPE)."""
+    import subprocess
+    import sys
+
+    image = str(save_images(tmp_path, 1)[0])
+    command = [sys.executable, "-m", "finecap.cli", "caption", *[image] * 200]
+    command += ["--model", str(model_dir), "--batch-size", "1", "--beam-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with (tmp_path / "stderr.txt").open("w+") as stderr:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
+        first = child.stdout.readline()  # what `head -1` takes before it exits
+        child.stdout.close()
+        rc = child.wait(timeout=300)
+        stderr.seek(0)
+        err = stderr.read()
+    assert first.startswith(image.encode() + b"\t")
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc == 141

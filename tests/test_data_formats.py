@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from finecap.data.formats import (
+    FLICKR8K_SPLIT_FILES,
     CaptionCorpus,
     DatasetFormatError,
     ImageRecord,
+    OutsideRootError,
+    dataset_files,
     guess_format,
     list_formats,
     load_corpus,
@@ -262,7 +265,10 @@ def test_pairs_jsonl_and_csv_group_by_image(tmp_path: Path) -> None:
     (record,) = load_corpus(csv_path, split="test").images
     assert record.captions == ["one, with comma", "two"] and record.split == "test"
     assert record.extra == {"object": ["cat\\;mat", "dog"]}
-    assert load_corpus(csv_path).image_path(record) == Path("/abs/a.jpg")
+    with pytest.raises(OutsideRootError, match=r"finecapeval.csv: image_id 0: .*is absolute"):
+        load_corpus(csv_path).image_path(record)  # absolute: outside the root unless allowed
+    allowed = load_corpus(csv_path, allow_outside_root=True)
+    assert allowed.image_path(allowed.images[0]) == Path("/abs/a.jpg")
 
 
 @pytest.mark.parametrize(
@@ -371,3 +377,93 @@ def test_corpus_split_rejects_unknown_names() -> None:
     assert corpus.split("val") == [] and len(corpus) == 1
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         corpus.split("dev")
+
+
+def _one_image_dataset(folder: Path, filepath: str | None, filename: str) -> Path:
+    entry = {"filename": filename, "imgid": 5, "split": "test", "sentences": _sentences("x")}
+    if filepath is not None:
+        entry["filepath"] = filepath
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps({"images": [entry]}))
+    return folder / "dataset.json"
+
+
+@pytest.mark.parametrize(
+    ("filepath", "filename", "why"),
+    [
+        (None, "/etc/passwd", "is absolute"),
+        ("/etc", "passwd", "is absolute"),
+        (None, "../secret.png", "leads out with '..'"),
+        ("images", "../../secret.png", "leads out with '..'"),
+        ("linked", "secret.png", "goes through a symlink to "),  # a folder linked out
+        (None, "link.png", "goes through a symlink to "),  # a file linked out
+    ],
+)
+def test_image_paths_outside_the_root_are_refused(tmp_path: Path, filepath, filename, why):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"private")
+    root = tmp_path / "data"
+    path = _one_image_dataset(root, filepath, filename)
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "link.png").symlink_to(outside / "secret.png")
+    corpus = load_corpus(path)  # loading is fine: the path is refused where it is read
+    with pytest.raises(OutsideRootError) as info:
+        corpus.image_path(corpus.images[0])
+    message = str(info.value)
+    assert message.startswith(f"{path}: image_id 5: image path ")
+    assert why in message and f"outside the image root {root}" in message
+    assert "--allow-outside-root" in message
+    allowed = load_corpus(path, allow_outside_root=True)
+    assert allowed.image_path(allowed.images[0]) == root / (allowed.images[0].path)
+    assert issubclass(OutsideRootError, DatasetFormatError)
+
+
+def test_image_paths_inside_the_root_are_fine(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.png").write_bytes(b"x")
+    (root / "alias.png").symlink_to(root / "images" / "a.png")  # a link inside the root
+    for filepath, filename in [("images", "a.png"), ("images/../images", "a.png"),
+                               (None, "alias.png"), ("not/there", "b.png")]:  # fmt: skip
+        corpus = load_corpus(_one_image_dataset(root, filepath, filename))
+        assert corpus.image_path(corpus.images[0]) == root / corpus.images[0].path
+    # --images: the root is the folder given, wherever the dataset file is
+    corpus = load_corpus(_one_image_dataset(tmp_path / "d", "images", "a.png"), image_root=root)
+    assert corpus.image_path(corpus.images[0]) == root / "images" / "a.png"
+    corpus = load_corpus(_one_image_dataset(tmp_path / "d", None, "../a.png"), image_root=root)
+    with pytest.raises(OutsideRootError, match="leads out"):
+        corpus.image_path(corpus.images[0])
+
+
+def test_lone_surrogates_are_refused_with_file_and_entry(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text('[{"image_id": 1, "caption": "ok"}, {"image_id": 7, "caption": "a\\ud800"}]')
+    with pytest.raises(DatasetFormatError) as info:
+        load_predictions(results)
+    assert str(info.value) == (
+        f'{results}: [1] (image_id 7): "caption" holds a lone surrogate (\\ud800 at '
+        "character 1): not UTF-8"
+    )
+    results.write_text('[{"image_id": "x\\udfff", "caption": "ok"}]')
+    with pytest.raises(DatasetFormatError, match=r'\[0\]: "image_id" holds a lone surrogate'):
+        load_predictions(results)
+    dataset = _one_image_dataset(tmp_path, None, "a.png")
+    dataset.write_text(dataset.read_text().replace('"raw": "x"', '"raw": "\\udc80"'))
+    with pytest.raises(DatasetFormatError, match=r'\(imgid 5\) sentences\[0\]: "raw" holds a'):
+        load_corpus(dataset)
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"image": "a.png", "caption": "\\ud800"}\n')
+    with pytest.raises(DatasetFormatError, match=r'p.jsonl line 1: "caption" holds a lone'):
+        load_corpus(pairs)
+
+
+def test_dataset_files_are_what_load_corpus_reads(tmp_path: Path) -> None:
+    assert dataset_files(tmp_path / "d.json") == [tmp_path / "d.json"]
+    assert dataset_files(tmp_path)[0] == tmp_path / "dataset.json"
+    token = _flickr8k(tmp_path, ["a.jpg#0\tA dog."])
+    assert {p.name for p in dataset_files(token)} == {token.name, *FLICKR8K_SPLIT_FILES.values()}
+    assert dataset_files(tmp_path)[1:] == [
+        token,
+        *(tmp_path / n for n in FLICKR8K_SPLIT_FILES.values()),
+    ]

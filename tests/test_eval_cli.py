@@ -220,3 +220,93 @@ def test_library_errors_are_user_errors(world, tmp_path):
     assert config.predictions == [pred] and config.metrics == ["BLEU-9", "cider"]
     with pytest.raises(InputError, match="unknown metric or group 'BLEU-9'"):
         evaluate(config)
+
+
+def _no_scoring(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("scored although the outputs were refused")
+
+    monkeypatch.setattr("finecap.evaluation.evaluate", refuse)
+
+
+@pytest.mark.parametrize("flag", ["--out", "--report"])
+@pytest.mark.parametrize("target", ["predictions", "dataset", "dataset folder", "finecapeval"])
+def test_outputs_that_are_inputs_are_refused_before_scoring(
+    world, tmp_path, capsys, monkeypatch, flag, target
+):
+    import shutil
+
+    copy = tmp_path / "world"
+    copy.mkdir()
+    for name in ("dataset.json", "finecapeval.csv", "good.json"):
+        shutil.copy(world["root"] / name, copy / name)
+    dataset = copy / "dataset.json"
+    inputs = {"predictions": copy / "good.json", "finecapeval": copy / "finecapeval.csv"}
+    inputs |= {"dataset": dataset, "dataset folder": dataset}
+    before = {path: path.read_bytes() for path in inputs.values()}
+    given = str(copy) if target == "dataset folder" else str(dataset)
+    args = ["evaluate", "--predictions", str(copy / "good.json"), "--dataset", given]
+    args += ["--finecapeval", str(copy / "finecapeval.csv"), "--metrics", "diversity"]
+    args += ["--out", str(tmp_path / "m.json")]
+    # another spelling of the same file: relative to a different folder
+    args += [flag, str(copy / ".." / "world" / inputs[target].name)]
+    _no_scoring(monkeypatch)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("finecap evaluate: error: ")
+    assert f"{flag} " in err and "is an input" in err and inputs[target].name in err
+    assert all(path.read_bytes() == data for path, data in before.items())
+
+
+def test_out_that_is_a_folder_or_the_report_is_refused_before_scoring(
+    world, tmp_path, capsys, monkeypatch
+):
+    pred = str(world["root"] / "good.json")
+    _no_scoring(monkeypatch)
+    for extra, message in [
+        ([], f"--out {tmp_path}: is a folder"),
+        (["--report", str(tmp_path / "m.json")], "--out and --report name the same file"),
+    ]:
+        out = tmp_path if not extra else tmp_path / "m.json"
+        assert main(_evaluate(world, "--predictions", pred, *extra, out=out)) == 2
+        assert message in capsys.readouterr().err
+    report_dir = tmp_path / "r"
+    report_dir.mkdir()
+    args = _evaluate(world, "--predictions", pred, "--report", str(report_dir), out=tmp_path / "x")
+    assert main(args) == 2
+    assert f"--report {report_dir}: is a folder" in capsys.readouterr().err
+
+
+def test_image_paths_outside_the_root_are_refused(world, tmp_path, capsys):
+    """A dataset whose images folder is a symlink to elsewhere: refused (nothing read or
+    embedded) unless --allow-outside-root."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text(world["dataset"].read_text())
+    (data / "images").symlink_to(world["root"] / "images", target_is_directory=True)
+    report, out = tmp_path / "report.html", tmp_path / "m.json"
+    args = ["evaluate", "--predictions", str(world["root"] / "good.json"), "--dataset", str(data)]
+    args += ["--metrics", "diversity", "--out", str(out), "--report", str(report)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    first = world["test_ids"][0]
+    assert err.count("\n") == 1 and f"{data / 'dataset.json'}: image_id {first}: " in err
+    assert "goes through a symlink to" in err and "--allow-outside-root" in err
+    assert not report.exists() and not out.exists()
+    assert main([*args, "--allow-outside-root"]) == 0
+    assert len(re.findall(r"src='data:image/jpeg;base64,", report.read_text())) == 10
+
+
+def test_lone_surrogate_in_predictions_is_refused(world, tmp_path, capsys):
+    path = tmp_path / "p.json"
+    first = world["test_ids"][0]
+    path.write_text(f'[{{"image_id": {first}, "caption": "a \\ud800 ball"}}]')
+    assert main(_evaluate(world, "--predictions", str(path), "--metrics", "BLEU-4")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f'p.json: [0] (image_id {first}): "caption" holds a lone surrogate (\\ud800' in err
+    # called from Python with such text, the official tier refuses it before Java starts
+    from finecap.metrics.official import official_scores
+
+    with pytest.raises(ValueError, match=r"image_id 2: the reference 'x\\udc80' is not UTF-8"):
+        official_scores({1: ["a ball"], 2: ["x\udc80"]}, {1: "a ball", 2: "a box"})

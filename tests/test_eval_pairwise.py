@@ -185,3 +185,122 @@ def test_page_in_headless_chromium(two_systems, tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert rows["overall"] == ["100.0%", "0.0%", "0.0%", "5"]
     assert rows["relation"] == ["80.0%", "0.0%", "20.0%", "5"]
+
+
+def _judgments(a="A", b="B", **item_changes) -> dict:
+    items = [
+        {"item": 0, "image_id": 0, "a_side": "left", "choices": dict.fromkeys(CRITERIA, "left")},
+        {"item": 1, "image_id": 1, "a_side": "right", "choices": dict.fromkeys(CRITERIA, "tie")},
+    ]
+    items[1].update(item_changes)
+    return {"format": JUDGMENTS_FORMAT, "a": a, "b": b, "seed": 0, "items": items}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "invalid JSON at line 1 col 2"),
+        (b"\xff\xfe", "not UTF-8 text"),
+        ({**_judgments(), "items": {"0": {}}}, '"items" must be a list'),
+        ({**_judgments(), "a": None}, '"a" (a system name) must be a string'),
+        ({**_judgments(), "items": [3]}, "items[0]: expected an object"),
+        (_judgments(item="1"), "items[1]: \"item\" must be an integer, got '1'"),
+        (_judgments(item=0), "items[1] (item 0): item 0 is judged twice in this file"),
+        (_judgments(choices=None), 'items[1] (item 1): "choices" must be an object'),
+        (_judgments(choices=["left"]), 'items[1] (item 1): "choices" must be an object'),
+        (
+            _judgments(a_side="up"),
+            'items[1] (item 1): "a_side" must be "left" or "right", got \'up\'',
+        ),
+        (_judgments(choices={"overall": "A"}), "items[1] (item 1): unknown choice 'A' for overall"),
+        (_judgments(choices={"colour": "tie"}), "items[1] (item 1): unknown criterion 'colour'"),
+    ],
+)
+def test_tally_malformed_judgments_name_file_and_fault(tmp_path, capsys, content, message):
+    path = tmp_path / "judged.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    assert main(["pairwise", "tally", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"finecap pairwise tally: error: {path}: ") and message in err, err
+
+
+def test_tally_unreadable_files_and_different_systems(tmp_path, capsys):
+    assert main(["pairwise", "tally", str(tmp_path / "none.json")]) == 2
+    assert "none.json: no such file" in capsys.readouterr().err
+    assert main(["pairwise", "tally", str(tmp_path)]) == 2
+    assert f"{tmp_path}: cannot read it" in capsys.readouterr().err
+    (tmp_path / "ab.json").write_text(json.dumps(_judgments()))
+    (tmp_path / "ac.json").write_text(json.dumps(_judgments(b="C")))
+    assert main(["pairwise", "tally", str(tmp_path / "ab.json"), str(tmp_path / "ac.json")]) == 2
+    err = capsys.readouterr().err
+    assert "compare different systems" in err and "ab.json: A = A, B = B" in err
+    assert "ac.json: A = A, B = C" in err
+
+
+def test_tally_counts_a_file_given_twice_once(tmp_path, capsys):
+    first = tmp_path / "judgments-1.json"
+    first.write_text(json.dumps(_judgments()))
+    assert main(["pairwise", "tally", str(first)]) == 0
+    once = capsys.readouterr().out
+    assert "overall" in once and once.splitlines()[2].split()[-1] == "2"  # two items
+    copy = tmp_path / "copy.json"  # the same judgments under another name, other layout
+    copy.write_text(json.dumps(_judgments(), indent=4))
+    other_spelling = str(tmp_path / ".." / tmp_path.name / first.name)
+    given = [str(first), other_spelling, str(tmp_path / "judgments-*.json"), str(copy)]
+    assert main(["pairwise", "tally", *given]) == 0
+    out = capsys.readouterr()
+    assert out.out == once
+    assert f"{other_spelling}: given twice (also as {first}); counted once" in out.err
+    assert f"{copy}: the same judgments as {first}; counted once" in out.err
+    second = tmp_path / "judgments-2.json"  # a second annotator: counted
+    second.write_text(json.dumps({**_judgments(), "annotator": "someone else"}))
+    assert main(["pairwise", "tally", str(tmp_path / "judgments-*.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[-1] == "4"
+
+
+def test_make_refuses_images_outside_the_root(two_systems, tmp_path, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = two_systems / "images" / "COCO_val2014_000000000002.jpg"
+    secret = outside / "secret.jpg"
+    linked.rename(secret)
+    linked.symlink_to(secret)
+    out = two_systems / "page.html"
+    args = ["pairwise", "make", "--a", str(two_systems / "A.json"), "--b"]
+    args += [str(two_systems / "B.json"), "--images", str(two_systems / "images")]
+    args += ["--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "COCO_val2014_000000000002.jpg (image_id 2)" in err
+    assert "goes through a symlink to" in err and "--allow-outside-root" in err
+    assert not out.exists()
+    assert main([*args, "--allow-outside-root"]) == 0 and out.is_file()
+    out.unlink()
+    capsys.readouterr()
+
+    entries = [{"filename": f"COCO_val2014_{i:012d}.jpg", "filepath": "images", "imgid": i,
+                "split": "test", "sentences": [{"raw": "x"}]} for i in range(6)]  # fmt: skip
+    entries[4]["filepath"] = str(outside)  # absolute
+    (two_systems / "dataset.json").write_text(json.dumps({"images": entries}))
+    args = ["pairwise", "make", "--a", str(two_systems / "A.json"), "--b"]
+    args += [str(two_systems / "B.json"), "--dataset", str(two_systems / "dataset.json")]
+    args += ["--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{two_systems / 'dataset.json'}: image_id " in err and "--allow-outside-root" in err
+    assert not out.exists()
+
+
+def test_make_refuses_an_out_that_is_an_input(two_systems, capsys):
+    a = two_systems / "A.json"
+    before = a.read_bytes()
+    args = ["pairwise", "make", "--a", str(a), "--b", str(two_systems / "B.json")]
+    args += ["--images", str(two_systems / "images")]
+    assert main([*args, "--out", str(a)]) == 2
+    assert f"--out {a}: is an input" in capsys.readouterr().err and a.read_bytes() == before
+    assert main([*args, "--out", str(two_systems)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -18,12 +18,12 @@ from finecap.train.config import load_config
 from finecap.train.run import train
 from finecap.train.scst import (
     _BASELINES,
-    check_finite,
     greedy_reward,
     mean_of_others,
     no_baseline,
     policy_gradient_loss,
 )
+from finecap.train.tasks import check_finite
 
 CONFIGS = Path(__file__).parents[1] / "src" / "finecap" / "configs"
 TARGET = "red"

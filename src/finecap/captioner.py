@@ -26,6 +26,7 @@ from finecap.config import ConfigError
 from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import Decoded, DecodingConfig, decode
 from finecap.errors import MissingFileError
+from finecap.io import FOLDER_MODE
 from finecap.models import CaptionModel, ModelConfig
 from finecap.models.encoders import HFImageEncoder
 
@@ -80,11 +81,17 @@ class Captioner:
 
     def save_pretrained(self, folder: str | os.PathLike, extra: dict | None = None) -> None:
         """Write the folder atomically: a temp folder beside it, then a rename. `extra`: facts
-        about how it was trained (plain JSON data, no machine paths), under "finecap"."""
+        about how it was trained (plain JSON data, no machine paths), under "finecap".
+
+        Replacing an existing folder takes two renames (old aside, new in); a kill between
+        them leaves `.NAME.old` and no NAME, which `recover` (called here first, and by
+        `train` at start) puts back."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
+        self.recover(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
+            os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes 0700; a model folder is for sharing
             state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
             save_file(state, tmp / WEIGHTS_FILE)
             meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
@@ -94,7 +101,6 @@ class Captioner:
                 self.model.encoder.save_backbone_config(tmp / BACKBONE_DIR)
             if folder.exists():
                 old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
                 folder.rename(old)
                 tmp.rename(folder)
                 shutil.rmtree(old)
@@ -103,6 +109,18 @@ class Captioner:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    @staticmethod
+    def recover(folder: str | os.PathLike) -> None:
+        """Finish what a killed `save_pretrained` left: the old folder back in place if the
+        new one never arrived, and no stray temporary folders."""
+        folder = Path(folder)
+        old = folder.with_name(f".{folder.name}.old")
+        if old.is_dir() and not folder.exists():
+            old.rename(folder)
+        for stray in folder.parent.glob(f".{folder.name}.*"):
+            if stray.is_dir():
+                shutil.rmtree(stray, ignore_errors=True)
 
     @torch.inference_mode()
     def caption(

@@ -9,10 +9,13 @@ command runs, so `finecap --help` stays fast.
 
 Every failure a user can fix (`finecap.errors.UserError`: a bad setting, a missing file,
 weights that are not downloaded) is printed as one message and exits 2, without a traceback.
+A reader that stops early (`finecap caption ... | head -1`) ends the command quietly with
+status 141, as a shell reports a tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -123,6 +126,18 @@ def parse(argv: list[str]) -> tuple[str, object, object] | int:
     return prog, options, handler
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (POLLERR / POLLHUP on its end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no file descriptor
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     from finecap.errors import UserError
 
@@ -131,7 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         return parsed
     prog, options, handler = parsed
     try:
-        return int(handler(options) or 0)
+        status = int(handler(options) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # some other pipe (a subprocess): a bug to see, not a reader that left
+        # Send what is still buffered to devnull, so the flush at exit does not fail again.
+        with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

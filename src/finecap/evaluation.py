@@ -13,8 +13,8 @@ Predictions are COCO results files (`[{"image_id", "caption"}]`, image_id = the 
 cocoid where it has one, else imgid); each file is a system named after the file, or NAME with
 `NAME=path`. References come from a Karpathy-format dataset (or any `load_corpus` format).
 Inputs that do not fit together (an empty split, an unknown metric, predictions for other
-images, image files that are not there) raise a `finecap.errors.UserError` naming the file and
-the fault, before any model loads.
+images, image files that are not there, image paths leading outside the image root) raise a
+`finecap.errors.UserError` naming the file and the fault, before any model loads.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ class EvaluationConfig(SuiteConfig):
     """The split to score."""
     images: PathStr | None = None
     """Image root (default: the dataset's folder)."""
+    allow_outside_root: bool = False
+    """Read image paths of the dataset that lead outside the image root (absolute, `..`, a
+    symlink pointing out); by default such an entry is an error."""
     finecapeval: PathStr | None = None
     """FineCapEval annotations (CSV) of the split's images."""
     metrics: list[str] | None = None
@@ -180,10 +183,12 @@ def _inputs(
     from finecap.data.formats import load_corpus
 
     given = config.systems()
-    corpus = load_corpus(config.dataset, image_root=config.images)  # missing: a UserError
+    corpus = load_corpus(  # a missing file: a UserError
+        config.dataset, image_root=config.images, allow_outside_root=config.allow_outside_root
+    )
     records = _split_records(corpus, config)
     aligned, covered = _align(given, corpus, records, config, log)
-    paths = [corpus.image_path(r) for r in covered]
+    paths = [corpus.image_path(r) for r in covered]  # one outside the root: a UserError
     _check_images(covered, paths, config, wanted)
     data = EvalData(
         image_ids=[r.image_id for r in covered],

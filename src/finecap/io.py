@@ -15,15 +15,17 @@ from pathlib import Path
 from finecap.errors import UserError
 
 
-def _default_mode() -> int:
-    # mkstemp creates files 0600; give the final file the permissions open() would have given.
-    # os.umask can only be read by setting it, so do it once at import, before any threads.
+def _umask() -> int:
+    # mkstemp / mkdtemp create 0600 / 0700; give the final file or folder the permissions
+    # open() / mkdir() would have given. os.umask can only be read by setting it, so do it
+    # once at import, before any threads.
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-_FILE_MODE = _default_mode()
+_FILE_MODE = 0o666 & ~_umask()
+FOLDER_MODE = 0o777 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,10 @@ judgments can be un-blinded; the annotator sees only "Caption 1" / "Caption 2".
 
 "Save" downloads `judgments.json` (a Blob link) and also shows the same JSON in a text
 box, for browsers that block downloads. `tally` un-blinds any number of judgment files and
-counts, per criterion, how often A wins, loses or ties against B.
+counts, per criterion, how often A wins, loses or ties against B. `load_judgments` checks a
+file's every item (a `JudgmentsError` names the file, the item and the fault), and
+`load_judgment_files` counts a file given twice -- the same path, or the same judgments under
+another name -- once.
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ import html
 import json
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from finecap.errors import UserError
 from finecap.io import atomic_write_text
 
 CRITERIA = ("overall", "background", "object", "attribute", "relation")
 JUDGMENTS_FORMAT = "finecap-pairwise-judgments/1"
 SIDES = ("left", "right")
+CHOICES = (*SIDES, "tie")
+
+
+class JudgmentsError(UserError, ValueError):
+    """A judgments file that cannot be read or is malformed; the message names file and item."""
 
 
 @dataclass
@@ -169,11 +178,87 @@ def write_page(path: str | os.PathLike, items: Sequence[PairItem], a_name, b_nam
 
 
 def load_judgments(path: str | os.PathLike) -> dict:
-    """Read one saved judgments file, checking its format."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read one saved judgments file, checking its format and every item."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JudgmentsError(f"{path}: no such file") from None
+    except OSError as err:  # a folder, no permission
+        raise JudgmentsError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise JudgmentsError(f"{path}: not UTF-8 text (bad byte at {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise JudgmentsError(
+            f"{path}: invalid JSON at line {err.lineno} col {err.colno}: {err.msg}"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != JUDGMENTS_FORMAT:
-        raise ValueError(f"{path}: not a finecap pairwise judgments file ({JUDGMENTS_FORMAT})")
+        raise JudgmentsError(f"{path}: not a finecap pairwise judgments file ({JUDGMENTS_FORMAT})")
+    check_judgments(doc, str(path))
     return doc
+
+
+def check_judgments(doc: dict, where: str) -> None:
+    """Raise a `JudgmentsError` ("WHERE: items[K] (item N): fault") unless `doc` holds system
+    names a and b and a list of items, each with a unique "item", an "a_side" of left/right
+    and "choices" mapping criteria to left/right/tie or null (unanswered)."""
+    for key in ("a", "b"):
+        if not isinstance(doc.get(key), str):
+            raise JudgmentsError(f'{where}: "{key}" (a system name) must be a string')
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise JudgmentsError(f'{where}: "items" must be a list')
+    seen: set[int] = set()
+    for k, it in enumerate(items):
+        at = f"{where}: items[{k}]"
+        if not isinstance(it, dict):
+            raise JudgmentsError(f"{at}: expected an object")
+        number = it.get("item")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise JudgmentsError(f'{at}: "item" must be an integer, got {number!r}')
+        at += f" (item {number})"
+        if number in seen:
+            raise JudgmentsError(f"{at}: item {number} is judged twice in this file")
+        seen.add(number)
+        if it.get("a_side") not in SIDES:
+            raise JudgmentsError(
+                f'{at}: "a_side" must be "left" or "right", got {it.get("a_side")!r}'
+            )
+        choices = it.get("choices")
+        if not isinstance(choices, dict):
+            raise JudgmentsError(f'{at}: "choices" must be an object {{criterion: choice}}')
+        for c, choice in choices.items():
+            if c not in CRITERIA:
+                raise JudgmentsError(
+                    f"{at}: unknown criterion {c!r} (known: {', '.join(CRITERIA)})"
+                )
+            if choice is not None and choice not in CHOICES:
+                raise JudgmentsError(f"{at}: unknown choice {choice!r} for {c}")
+
+
+def load_judgment_files(
+    paths: Sequence[str | os.PathLike], note: Callable[[str], None] | None = None
+) -> dict[str, dict]:
+    """{path: `load_judgments(path)`}, in order, leaving out a file given again: the same path
+    (however spelled) or the same judgments under another name; `note` hears why."""
+    docs: dict[str, dict] = {}
+    by_path: dict[str, str] = {}
+    by_content: dict[str, str] = {}
+    for path in map(str, paths):
+        real = os.path.realpath(path)
+        if real in by_path:
+            if note:
+                note(f"{path}: given twice (also as {by_path[real]}); counted once")
+            continue
+        by_path[real] = path
+        doc = load_judgments(path)
+        content = json.dumps(doc, sort_keys=True)
+        if content in by_content:
+            if note:
+                note(f"{path}: the same judgments as {by_content[content]}; counted once")
+            continue
+        by_content[content] = path
+        docs[path] = doc
+    return docs
 
 
 @dataclass
@@ -190,13 +275,19 @@ class Tally:
         return out
 
 
-def tally(docs: Sequence[dict]) -> Tally:
-    """Un-blind and count judgments; unanswered criteria are left out of their counts."""
+def tally(docs: Sequence[dict], sources: Sequence[str] | None = None) -> Tally:
+    """Un-blind and count judgments; unanswered criteria are left out of their counts.
+    `sources` names each doc (its file) in error messages."""
     if not docs:
-        raise ValueError("no judgments to tally")
-    names = {(d.get("a"), d.get("b")) for d in docs}
-    if len(names) > 1:
-        raise ValueError(f"judgment files compare different systems: {sorted(names, key=str)}")
+        raise JudgmentsError("no judgments to tally")
+    sources = list(sources or (f"judgments {i + 1}" for i in range(len(docs))))
+    first_of: dict[tuple[str, str], str] = {}
+    for doc, where in zip(docs, sources, strict=True):
+        check_judgments(doc, where)
+        first_of.setdefault((doc["a"], doc["b"]), where)
+    if len(first_of) > 1:
+        shown = "; ".join(f"{where}: A = {a}, B = {b}" for (a, b), where in first_of.items())
+        raise JudgmentsError(f"the judgment files compare different systems ({shown})")
     counts = {c: {"A": 0, "B": 0, "tie": 0} for c in CRITERIA}
     for doc in docs:
         for it in doc["items"]:
@@ -204,12 +295,10 @@ def tally(docs: Sequence[dict]) -> Tally:
                 choice = it["choices"].get(c)
                 if choice is None:
                     continue
-                if choice not in (*SIDES, "tie"):
-                    raise ValueError(f"item {it['item']}: unknown choice {choice!r} for {c}")
                 key = "tie" if choice == "tie" else ("A" if choice == it["a_side"] else "B")
                 counts[c][key] += 1
-    a, b = names.pop()
-    return Tally(str(a), str(b), counts)
+    ((a, b),) = first_of
+    return Tally(a, b, counts)
 
 
 def format_tally(t: Tally) -> str:

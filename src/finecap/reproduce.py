@@ -9,8 +9,18 @@ Steps, each a library call a user could make from Python (or the matching comman
     (each captioner then captions the test split               -> DIR/predictions/NAME.json)
  6. the evaluation suite on all systems (+ Reference)          -> DIR/metrics.json, report.html
 Steps run as soon as what they need exists, `jobs` (default 2) at a time in worker processes,
-each logging to DIR/logs/STEP.log; the seconds of each land in DIR/timings.json. A step whose
-output already exists is skipped, so an interrupted run continues where it stopped.
+each logging to DIR/logs/STEP.log; the seconds of each land in DIR/timings.json.
+
+Nothing lost, nothing half done: a step is finished when its marker DIR/.steps/STEP.done
+(JSON, its seconds) exists, written atomically after the step returned. A rerun skips marked
+steps and, before running an unmarked one, removes what an interrupted attempt left of its
+outputs, so it is redone cleanly (a captioner keeps its completed `model/` and its training
+checkpoints, from which it resumes). One process writes a folder at a time (`FolderLock`).
+Workers die with the run: on Linux by the parent-death signal, and a run stopped by Ctrl-C or
+SIGTERM kills them before it exits. Folders from before the markers: a step whose last file,
+written atomically, exists (clip_eval.json, grammar_eval.json, predictions/NAME.json) is
+marked done; their scenes world, not written atomically then, is generated again (the same
+seed gives the same bytes; under a minute).
 """
 
 from __future__ import annotations
@@ -19,34 +29,30 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from finecap.captioner import Captioner
+# Only light imports here (torch, Lightning and the models are imported where used): every
+# worker imports this module first, whichever step it runs (10 s saved per worker).
 from finecap.clip.config import ClipTrainConfig, GrammarTrainConfig, ScenesClipConfig
-from finecap.clip.grammar import train_grammar
-from finecap.clip.train import train_clip
 from finecap.config import Settings, merge
-from finecap.data.formats import load_corpus, save_predictions
-from finecap.data.images import load_image
-from finecap.evaluation import EvaluationConfig, evaluate, write_results
-from finecap.io import atomic_write_text
-from finecap.report import format_table
-from finecap.rewards.clip_rewards import ClipRewardConfig
-from finecap.rewards.grammar import GrammarRewardConfig
+from finecap.io import FolderLock, atomic_write_text
 from finecap.scenes.generate import WorldConfig, write_world
-from finecap.train.config import TrainConfig, load_config
-from finecap.train.run import train
+
+if TYPE_CHECKING:
+    from finecap.train.config import TrainConfig
 
 CLIP, GRAMMAR, MLE = "scenes CLIP", "grammar head", "MLE"
+MARKERS = ".steps"  # DIR/.steps/STEP.done: the step finished
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,10 @@ def captioner_config(
 ) -> TrainConfig:
     """A recipe with this run's changes, dataset and threads, its reward models pointed at
     this run's own CLIP and grammar head (by the type of each reward term's settings)."""
+    from finecap.rewards.clip_rewards import ClipRewardConfig
+    from finecap.rewards.grammar import GrammarRewardConfig
+    from finecap.train.config import load_config
+
     run = {"output_dir": str(out / "run"), "data": {"dataset": str(paths["dataset"])}}
     run["trainer"] = {"threads": threads}
     config = load_config(recipe, **merge(changes, run))
@@ -129,6 +139,8 @@ def captioner_config(
 
 
 def _train_captioner(config: TrainConfig, out: Path, init: Path | None) -> Path:
+    from finecap.train.run import train
+
     exported = train(config, init=init)
     partial = out / "model.partial"  # renamed when complete: an interrupted copy is redone
     shutil.rmtree(partial, ignore_errors=True)
@@ -138,6 +150,10 @@ def _train_captioner(config: TrainConfig, out: Path, init: Path | None) -> Path:
 
 
 def caption_split(model_dir: Path, dataset: Path, split: str, out: Path) -> None:
+    from finecap.captioner import Captioner
+    from finecap.data.formats import load_corpus, save_predictions
+    from finecap.data.images import load_image
+
     captioner = Captioner.from_pretrained(model_dir)
     corpus = load_corpus(dataset)
     records = corpus.split(split)
@@ -148,13 +164,16 @@ def caption_split(model_dir: Path, dataset: Path, split: str, out: Path) -> None
 
 @dataclass
 class Step:
-    """One unit of the pipeline: `run(*args)` makes `done` (its existence = finished)."""
+    """One unit of the pipeline: `run(*args, threads)` writes `outputs` (files or folders),
+    which are removed before it runs unless it is marked done. `legacy`: a file whose
+    existence proves that a run from before the markers finished the step."""
 
     name: str
-    done: Path
+    outputs: tuple[Path, ...]
     needs: tuple[str, ...]
     run: Callable[..., None]
     args: tuple = ()
+    legacy: Path | None = None
 
 
 def _scenes(paths: dict, settings: ReproduceSettings, threads: int) -> None:
@@ -162,10 +181,14 @@ def _scenes(paths: dict, settings: ReproduceSettings, threads: int) -> None:
 
 
 def _clip(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    from finecap.clip.train import train_clip
+
     train_clip(paths["dataset"], paths["clip"], settings.clip_arch, settings.clip)
 
 
 def _grammar(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    from finecap.clip.grammar import train_grammar
+
     train_grammar(paths["clip"], paths["dataset"], paths["grammar"], settings.grammar)
 
 
@@ -173,12 +196,25 @@ def _captioner(
     name: str, recipe: str, init: Path | None, changes: dict, paths: dict, threads: int
 ) -> None:
     """Train one captioner (unless its model exists), then caption the test split with it."""
+    import torch
+
     folder = paths["captioners"] / name
     if not (folder / "model").exists():
         config = captioner_config(recipe, folder, changes, paths, threads)
         _train_captioner(config, folder, init)
     torch.set_num_threads(threads)
     caption_split(folder / "model", paths["dataset"], "test", paths["predictions"] / f"{name}.json")
+
+
+def _captioner_step(
+    name: str, needs: tuple[str, ...], recipe: str, init: Path | None, changes: dict, paths: dict
+) -> Step:
+    # Only the predictions and a half-copied model are outputs to remove: a complete model/
+    # (renamed into place) is kept, and training resumes from its last (atomic) checkpoint.
+    predictions = paths["predictions"] / f"{name}.json"
+    outputs = (predictions, paths["captioners"] / name / "model.partial")
+    args = (name, recipe, init, changes, paths)
+    return Step(name, outputs, needs, _captioner, args, legacy=predictions)
 
 
 def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
@@ -191,25 +227,26 @@ def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
         "predictions": out / "predictions",
     }
     mle = paths["captioners"] / MLE / "model"
+    # The legacy proofs are the files these steps write last, atomically, after the weights.
     steps = [
-        Step("scenes world", paths["dataset"], (), _scenes, (paths, settings)),
-        Step(CLIP, paths["clip"] / "config.json", ("scenes world",), _clip, (paths, settings)),
-        Step(MLE, paths["predictions"] / "MLE.json", ("scenes world",), _captioner,
-             (MLE, MLE_RECIPE, None, settings.mle, paths)),
-        Step(GRAMMAR, paths["grammar"] / "grammar_config.json", (CLIP,), _grammar,
-             (paths, settings)),
+        Step("scenes world", (out / "scenes",), (), _scenes, (paths, settings)),
+        Step(CLIP, (paths["clip"],), ("scenes world",), _clip, (paths, settings),
+             legacy=paths["clip"] / "clip_eval.json"),
+        _captioner_step(MLE, ("scenes world",), MLE_RECIPE, None, settings.mle, paths),
+        Step(GRAMMAR, (paths["grammar"],), (CLIP,), _grammar, (paths, settings),
+             legacy=paths["grammar"] / "grammar_eval.json"),
     ]  # fmt: skip
     systems = {s.name: s for s in SYSTEMS}
     for name in RUN_ORDER:
         system = systems[name]
-        args = (name, system.recipe, mle, settings.scst, paths)
-        done = paths["predictions"] / f"{name}.json"
-        steps.append(Step(name, done, system.needs, _captioner, args))
+        steps.append(_captioner_step(name, system.needs, system.recipe, mle, settings.scst, paths))
     return steps, paths
 
 
 def _run_logged(step: Step, log: Path, threads: int) -> float:
     """In a worker process: run the step with its output in `log`; returns its seconds."""
+    import torch
+
     torch.set_num_threads(threads)
     started = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -232,51 +269,161 @@ def _run_logged(step: Step, log: Path, threads: int) -> float:
     return time.perf_counter() - started
 
 
-def _log_path(logs: Path, step: Step) -> Path:
-    return logs / (step.name.lower().replace(" ", "_") + ".log")
+def _slug(step: Step) -> str:
+    return step.name.lower().replace(" ", "_")
 
 
-def run_steps(steps: list[Step], jobs: int, logs: Path, timings: dict) -> None:
-    """Run steps as their needs are met, `jobs` at a time, each in its own process with
-    cpu_count / jobs threads (small models scale poorly with threads: on 2 cores, one MLE
-    job made 2.0 steps/s with one thread and 2.6 with two, so two one-thread jobs do more)."""
+def _log_path(out: Path, step: Step) -> Path:
+    return out / "logs" / f"{_slug(step)}.log"
+
+
+def _marker(out: Path, step: Step) -> Path:
+    return out / MARKERS / f"{_slug(step)}.done"
+
+
+def _is_done(out: Path, step: Step) -> bool:
+    if _marker(out, step).exists():
+        return True
+    if step.legacy is not None and step.legacy.exists():  # finished before markers existed
+        atomic_write_text(_marker(out, step), json.dumps({"seconds": None}) + "\n")
+        return True
+    return False
+
+
+def _clear(step: Step) -> None:
+    """Remove what an interrupted attempt left of the step's outputs, so it starts clean."""
+    for path in step.outputs:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that both stop
+    a run the same way (workers killed, finished steps kept)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; SIGTERM then ends the process as usual
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker dies with the run however the run dies (kill -9
+    included), or it would go on writing into a folder a rerun is clearing. Linux's
+    parent-death signal fires when the thread that started the worker ends; `submit` starts
+    workers (spawn context) in the thread calling run_steps, which outlives the pool. Ctrl-C
+    is left to the parent, which kills the workers itself (elsewhere than Linux, the only
+    cleanup)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was set: none will come
+        os._exit(1)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL every worker (the executor can only wait for running work before Python 3.14).
+    Nothing gentler: their steps are unmarked, so redone anyway, and Lightning turns SIGTERM
+    into an exception that the worker would report and then wait for more work."""
+    processes = list((pool._processes or {}).values())
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(10)
+
+
+def _start(pool: ProcessPoolExecutor, step: Step, out: Path, threads: int) -> Future:
+    _clear(step)
+    log = _log_path(out, step)
+    print(f"[reproduce] {step.name} ... (log: {log})", flush=True)
+    return pool.submit(_run_logged, step, log, threads)
+
+
+def run_steps(steps: list[Step], jobs: int, out: Path, timings: dict) -> None:
+    """Run the steps not marked done in `out` as their needs are met, `jobs` at a time, each in
+    its own process with cpu_count / jobs threads (small models scale poorly with threads: on
+    2 cores, one MLE job made 2.0 steps/s with one thread and 2.6 with two, so two one-thread
+    jobs do more). Logs go to out/logs, markers to out/.steps. After a failure the running
+    steps finish (and are kept), then RuntimeError names the step and its log. Ctrl-C or
+    SIGTERM (`Stopped`) kill the workers and propagate."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    finished = {s.name for s in steps if s.done.exists()}
+    finished = {s.name for s in steps if _is_done(out, s)}
     for name in finished:
         print(f"[reproduce] {name}: done already")
     waiting = [s for s in steps if s.name not in finished]
     running: dict[Future, Step] = {}
+    failed: tuple[Step, BaseException] | None = None
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        while waiting or running:
-            for step in [s for s in waiting if set(s.needs) <= finished][: jobs - len(running)]:
-                waiting.remove(step)
-                log = _log_path(logs, step)
-                print(f"[reproduce] {step.name} ... (log: {log})", flush=True)
-                running[pool.submit(_run_logged, step, log, threads)] = step
-            if not running:
-                raise RuntimeError(f"steps whose needs never finish: {[s.name for s in waiting]}")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                step = running.pop(future)
-                try:
-                    seconds = future.result()
-                except BaseException as error:
-                    pool.shutdown(wait=True, cancel_futures=True)
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+    with _sigterm_raises(), pool:
+        try:
+            while running or (waiting and not failed):
+                ready = [s for s in waiting if set(s.needs) <= finished] if not failed else []
+                for step in ready[: jobs - len(running)]:
+                    waiting.remove(step)
+                    running[_start(pool, step, out, threads)] = step
+                if not running:
                     raise RuntimeError(
-                        f"step {step.name!r} failed ({error}); see {_log_path(logs, step)}"
-                    ) from error
-                finished.add(step.name)
-                timings[step.name] = round(seconds, 1)
-                print(f"[reproduce] {step.name}: finished in {seconds:.0f} s", flush=True)
+                        f"steps whose needs never finish: {[s.name for s in waiting]}"
+                    )
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    step = running.pop(future)
+                    # exception(), not result() in a try: the parent's own Ctrl-C must not
+                    # pass for a failed step.
+                    if (error := future.exception()) is not None:
+                        failed = failed or (step, error)
+                        continue
+                    seconds = round(future.result(), 1)
+                    atomic_write_text(_marker(out, step), json.dumps({"seconds": seconds}) + "\n")
+                    finished.add(step.name)
+                    timings[step.name] = seconds
+                    print(f"[reproduce] {step.name}: finished in {seconds:.0f} s", flush=True)
+        except KeyboardInterrupt:
+            _kill_workers(pool)
+            raise
+    if failed:
+        step, error = failed
+        log = _log_path(out, step)
+        raise RuntimeError(f"step {step.name!r} failed ({error}); see {log}") from error
 
 
 def reproduce(out: Path, settings: ReproduceSettings, jobs: int = 2) -> Path:
+    """Run every step not done yet, then the evaluation; returns DIR/metrics.json. One run per
+    folder at a time (`FolderInUseError` otherwise); Ctrl-C or SIGTERM (`Stopped`) stop it
+    with its workers, keeping the finished steps for the next run."""
+    with FolderLock(out), _sigterm_raises():
+        return _steps_then_evaluation(out, settings, jobs)
+
+
+def _steps_then_evaluation(out: Path, settings: ReproduceSettings, jobs: int) -> Path:
+    from finecap.evaluation import EvaluationConfig, evaluate, write_results
+    from finecap.report import format_table
+
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     steps, paths = plan(out, settings)
     timings: dict[str, float] = {}
-    run_steps(steps, jobs, out / "logs", timings)
+    run_steps(steps, jobs, out, timings)
     systems = ["MLE", *SCST_SYSTEMS]
     predictions = paths["predictions"]
     print("[reproduce] evaluate ...", flush=True)

@@ -33,9 +33,10 @@ PROGRESS_MIN_IMAGES = 8  # a bar for a handful of images is noise
 
 
 class CaptionOptions(Settings):
-    """Caption images (folders give their image files). Prints PATH<TAB>caption per image, or
-    one JSON object per line with --json; unreadable files get an error line and make the exit
-    status 1."""
+    """Caption images (folders give their image files). Prints PATH<TAB>caption per image (in
+    PATH, a backslash, tab, newline or other unprintable character is written as a Python
+    escape: \\\\, \\t, \\n, \\xff for a byte that is not UTF-8), or one JSON object per line
+    with --json; unreadable files get an error line and make the exit status 1."""
 
     paths: Positional[list[str]] = Field(min_length=1)
     """Image files or folders."""
@@ -151,6 +152,25 @@ def _write_figure(item: _Item, caption: Caption, folder: Path) -> None:
         item.error = f"{item.path}: cannot write the attention figure ({err})"
 
 
+def escape_path(path: str) -> str:
+    """`path` on one tab-free line: a backslash and every unprintable character (tab, newline,
+    other controls, a lone surrogate) as its Python escape; a byte of a file name that is not
+    UTF-8 (which Python holds as a surrogate U+DC80..U+DCFF) as \\xNN."""
+    if path.isprintable() and "\\" not in path:
+        return path
+    out = []
+    for char in path:
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= ord(char) <= 0xDCFF:
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1])
+    return "".join(out)
+
+
 def _report(item: _Item, caption: Caption | None, as_json: bool) -> None:
     """One stdout line per image; errors go to stdout with --json (in order), else stderr."""
     if as_json:
@@ -162,7 +182,7 @@ def _report(item: _Item, caption: Caption | None, as_json: bool) -> None:
         tqdm.write(json.dumps(record), file=sys.stdout)
         return
     if caption is not None:
-        tqdm.write(f"{item.path}\t{caption.text}", file=sys.stdout)
+        tqdm.write(f"{escape_path(item.path)}\t{caption.text}", file=sys.stdout)
     if item.error is not None:
         tqdm.write(f"{PROG}: {item.error}", file=sys.stderr)
 

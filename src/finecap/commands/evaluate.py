@@ -6,7 +6,9 @@ command line, the terminal table and where the files go.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 from tyro.conf import arg
@@ -65,6 +67,37 @@ def _note(message: str) -> None:
     print(f"  {message}", file=sys.stderr)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and other spellings of one file too
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_outputs(options: EvaluateOptions, config: EvaluationConfig) -> None:
+    """Refuse, before anything is scored, an output that would overwrite an input (a
+    predictions file, the dataset, the FineCapEval CSV) or that is a folder."""
+    from finecap.data.formats import dataset_files
+
+    inputs = [path for _, path in config.systems()] + dataset_files(config.dataset)
+    if config.finecapeval:
+        inputs.append(Path(config.finecapeval))
+    outputs = [("--out", Path(options.out))]
+    if options.report:
+        outputs.append(("--report", Path(options.report)))
+    for flag, out in outputs:
+        if out.is_dir():
+            raise InputError(f"{flag} {out}: is a folder; name the file to write")
+        clash = next((path for path in inputs if _same_file(out, path)), None)
+        if clash is not None:
+            raise InputError(
+                f"{flag} {out}: is an input ({clash}) and would be overwritten; "
+                "write somewhere else"
+            )
+    if len(outputs) == 2 and _same_file(outputs[0][1], outputs[1][1]):
+        raise InputError(f"--out and --report name the same file ({options.out})")
+
+
 def handler(options: EvaluateOptions) -> int:
     from finecap.evaluation import evaluate, write_results
     from finecap.report import format_table
@@ -74,7 +107,9 @@ def handler(options: EvaluateOptions) -> int:
     missing = [f"--{n}" for n in ("predictions", "dataset", "out") if not getattr(options, n)]
     if missing:
         raise InputError(f"{', '.join(missing)} required")
-    evaluation = evaluate(options.evaluation_config(), log=_note)
+    config = options.evaluation_config()
+    _check_outputs(options, config)
+    evaluation = evaluate(config, log=_note)
     write_results(
         evaluation, options.out, options.report, options.report_samples, options.paper_tables
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +36,9 @@ class PairwiseMakeOptions(Settings):
     """Images on the page."""
     seed: int = 0
     """Seed of the image sample and of the side each system is shown on."""
+    allow_outside_root: bool = False
+    """Embed images whose paths lead outside the image root (absolute, `..`, a symlink
+    pointing out); by default such an image is an error."""
 
 
 class PairwiseTallyOptions(Settings):
@@ -52,9 +57,10 @@ def _named(item: str) -> tuple[str, Path]:
     return Path(item).stem, Path(item)
 
 
-def _image_files(folder: Path, ids: list[int | str]) -> dict[int | str, Path]:
+def _image_files(folder: Path, ids: list[int | str], allow_outside: bool) -> dict[int | str, Path]:
     """Without a dataset: a file whose stem is the id, or ends in it as a number
-    (COCO_val2014_000000522418.jpg for 522418)."""
+    (COCO_val2014_000000522418.jpg for 522418). A symlink out of the folder is refused."""
+    from finecap.data.formats import outside_root
     from finecap.data.images import iter_image_files
 
     by_stem: dict[str, Path] = {}
@@ -63,25 +69,55 @@ def _image_files(folder: Path, ids: list[int | str]) -> dict[int | str, Path]:
         digits = re.search(r"(\d+)$", f.stem)
         if digits:
             by_stem.setdefault(str(int(digits.group(1))), f)
-    return {i: by_stem[str(i)] for i in ids if str(i) in by_stem}
+    paths = {i: by_stem[str(i)] for i in ids if str(i) in by_stem}
+    for i, path in paths.items():
+        why = None if allow_outside else outside_root(folder, path.name)
+        if why is not None:
+            raise UserError(
+                f"{path} (image_id {i!r}) {why}, outside the image folder {folder} "
+                "(pass --allow-outside-root to embed it anyway)"
+            )
+    return paths
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_out(out: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, a page that would overwrite an input or is a folder."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name the HTML file to write")
+    for path in inputs:
+        if _same_file(out, path):
+            raise UserError(f"--out {out}: is an input ({path}) and would be overwritten")
 
 
 def make_handler(options: PairwiseMakeOptions) -> int:
-    from finecap.data.formats import load_corpus, load_predictions
+    from finecap.data.formats import dataset_files, load_corpus, load_predictions
     from finecap.pairwise import make_items, write_page
 
     (a_name, a_path), (b_name, b_path) = _named(options.a), _named(options.b)
+    dataset_inputs = dataset_files(options.dataset) if options.dataset else []
+    _check_out(Path(options.out), [a_path, b_path, *dataset_inputs])
     a, b = load_predictions(a_path), load_predictions(b_path)
     ids = [k for k in a if k in b]
     if options.dataset:
-        corpus = load_corpus(options.dataset, image_root=options.images)
+        corpus = load_corpus(
+            options.dataset,
+            image_root=options.images,
+            allow_outside_root=options.allow_outside_root,
+        )
         records = {str(r.image_id): r for r in corpus.images}
         unknown = [k for k in ids if str(k) not in records]
         if unknown:
             raise UserError(f"image_id {unknown[0]!r} (of {a_path}) is not in {options.dataset}")
         paths = {k: corpus.image_path(records[str(k)]) for k in ids}
     elif options.images:
-        paths = _image_files(Path(options.images), ids)
+        paths = _image_files(Path(options.images), ids, options.allow_outside_root)
     else:
         raise UserError("pass --images DIR or --dataset dataset.json to find the images")
     missing = [k for k, p in paths.items() if not p.is_file()] + [k for k in ids if k not in paths]
@@ -96,14 +132,16 @@ def make_handler(options: PairwiseMakeOptions) -> int:
     return 0
 
 
+def _note(message: str) -> None:
+    print(f"finecap pairwise tally: {message}", file=sys.stderr)
+
+
 def tally_handler(options: PairwiseTallyOptions) -> int:
-    from finecap.pairwise import format_tally, load_judgments, tally
+    from finecap.pairwise import format_tally, load_judgment_files, tally
 
     files = [f for pattern in options.judgments for f in sorted(glob.glob(pattern)) or [pattern]]
-    try:
-        print(format_tally(tally([load_judgments(f) for f in files])))
-    except (OSError, ValueError, KeyError) as err:  # unreadable or not a judgments file
-        raise UserError(str(err)) from None
+    docs = load_judgment_files(files, note=_note)  # malformed: a JudgmentsError (a UserError)
+    print(format_tally(tally(list(docs.values()), sources=list(docs))))
     return 0
 
 

@@ -8,7 +8,8 @@ from finecap.config import PositiveInt, Settings
 class ReproduceOptions(Settings):
     """Scenes world -> CLIP, grammar head, MLE and SCST captioners -> DIR/metrics.json and
     DIR/report.html (Cho et al. 2022 and Chaffin et al. 2022 on the scenes world). Rerunning
-    on the same DIR continues where it stopped."""
+    on the same DIR continues where it stopped (killed or stopped with Ctrl-C, SIGTERM); one
+    run per DIR at a time."""
 
     out: str
     """Output folder (resumes if it exists)."""
@@ -19,11 +20,21 @@ class ReproduceOptions(Settings):
 
 
 def run(options: ReproduceOptions) -> int:
+    import sys
     from pathlib import Path
 
-    from finecap.reproduce import FULL, QUICK, reproduce
+    from finecap.reproduce import FULL, QUICK, Stopped, reproduce
 
-    reproduce(Path(options.out), QUICK if options.quick else FULL, jobs=options.jobs)
+    try:
+        reproduce(Path(options.out), QUICK if options.quick else FULL, jobs=options.jobs)
+    except KeyboardInterrupt as stop:  # the workers are gone already; say how to go on
+        how = "by SIGTERM" if isinstance(stop, Stopped) else "(Ctrl-C)"
+        print(
+            f"finecap reproduce: stopped {how}; the finished steps in {options.out} are kept: "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return Stopped.exit_code if isinstance(stop, Stopped) else 130
     return 0
 
 

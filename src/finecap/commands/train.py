@@ -27,6 +27,8 @@ class TrainOptions(Settings):
     (repeatable; values are YAML)."""
     print_config: bool = False
     """Print the resolved, checked config as YAML and exit without training."""
+    force: bool = False
+    """Resume the run in output_dir even though its dataset, seed, task or model differ."""
 
 
 class RecipesOptions(Settings):
@@ -34,6 +36,7 @@ class RecipesOptions(Settings):
 
 
 def run_train(options: TrainOptions) -> int:
+    from finecap.train.checkpoints import TrainingInterrupted
     from finecap.train.config import config_to_yaml, load_config
     from finecap.train.run import resolve_model, train
 
@@ -45,7 +48,11 @@ def run_train(options: TrainOptions) -> int:
         config, _ = resolve_model(config, options.init) if options.init else (config, None)
         sys.stdout.write(config_to_yaml(config))
         return 0
-    folder = train(config, init=options.init)
+    try:
+        folder = train(config, init=options.init, force=options.force)
+    except TrainingInterrupted as stop:
+        print(f"finecap train: {stop}", file=sys.stderr)
+        return stop.exit_status
     print(f"model saved to {folder}")
     return 0
 

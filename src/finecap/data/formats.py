@@ -12,7 +12,12 @@ Formats (registry names):
 Policies, the same for every format:
 
 - `image_root` defaults to the directory holding the dataset file; `ImageRecord.path` is
-  relative to it (or absolute, when the file says so).
+  relative to it. `CaptionCorpus.image_path` refuses (`OutsideRootError`) a path that leads
+  outside the root -- absolute, `..` leading out, or through a symlink pointing out -- unless
+  the corpus was loaded with `allow_outside_root=True`: a dataset file must not make us read,
+  or embed in a report, a file the user never meant to hand over.
+- Text (captions, file names, image ids) must be encodable as UTF-8: a lone surrogate such as
+  the JSON string "\\ud800" is a `DatasetFormatError` naming the entry, never replaced.
 - Captions are stripped of surrounding whitespace; empty captions are kept as "".
 - An image with *no* captions is fine in val/test (a set to caption now, score later) but an
   error in train/restval: there it means a broken file, and an empty reference set would
@@ -51,6 +56,10 @@ class DatasetFormatError(UserError, ValueError):
     """A dataset or predictions file is malformed; the message names file, entry and fault."""
 
 
+class OutsideRootError(DatasetFormatError):
+    """An image path of a dataset leads outside its image root (and that was not allowed)."""
+
+
 @dataclass
 class ImageRecord:
     image_id: int  # cocoid where the dataset has one, else imgid
@@ -65,6 +74,8 @@ class CaptionCorpus:
     name: str
     images: list[ImageRecord]
     image_root: Path | None = None
+    source: Path | None = None  # the dataset file (or folder) read, for error messages
+    allow_outside_root: bool = False  # image paths may lead outside image_root
 
     def split(self, name: str) -> list[ImageRecord]:
         if name not in SPLITS:
@@ -75,11 +86,47 @@ class CaptionCorpus:
         return {r.image_id: r for r in self.images}
 
     def image_path(self, record: ImageRecord) -> Path:
+        """Where the record's image file is: `image_root / record.path`, refused with an
+        `OutsideRootError` when that leads outside the root (unless `allow_outside_root`)."""
         path = Path(record.path)
-        return self.image_root / path if self.image_root is not None else path
+        if self.image_root is None:
+            return path
+        why = None if self.allow_outside_root else outside_root(self.image_root, path)
+        if why is not None:
+            raise OutsideRootError(
+                f"{self.source or self.name}: image_id {record.image_id}: image path "
+                f"{record.path!r} {why}, outside the image root {self.image_root} "
+                "(pass --allow-outside-root, or allow_outside_root=True, to read it anyway)"
+            )
+        return self.image_root / path
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+def outside_root(root: str | os.PathLike, path: str | os.PathLike) -> str | None:
+    """Why `root / path` lies outside `root` ("is absolute", "leads out with '..'", "goes
+    through a symlink to ..."), or None when it stays inside. Symlinks are resolved, so a link
+    pointing elsewhere inside the root is fine; the files need not exist."""
+    if Path(path).is_absolute():
+        return "is absolute"
+    if os.path.normpath(path).split(os.sep)[0] == os.pardir:
+        return "leads out with '..'"
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, path))
+    if os.path.commonpath([real_root, real]) != real_root:
+        return f"goes through a symlink to {real}"
+    return None
+
+
+def check_text(text: str) -> str | None:
+    """None when `text` can be written as UTF-8, else what stops it (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        return f"holds a lone surrogate (\\u{ord(bad):04x} at character {err.start}): not UTF-8"
+    return None
 
 
 @dataclass
@@ -149,11 +196,13 @@ def load_corpus(
     image_root: str | os.PathLike | None = None,
     merge_restval: bool = True,
     split: str | None = None,
+    allow_outside_root: bool = False,
 ) -> CaptionCorpus:
     """Load a caption dataset. `fmt` is guessed from the content when None.
 
     `split` names the split of formats that carry none (coco_captions: default "test";
-    pairs: rows without a split column, default "train").
+    pairs: rows without a split column, default "train"). `allow_outside_root` lets
+    `image_path` return paths that lead outside the image root (see the module docstring).
     """
     source = SourceFile(Path(path))
     if not source.path.exists():
@@ -165,12 +214,28 @@ def load_corpus(
     corpus = _FORMATS.create(fmt or guess_format(source), source, split)
     if image_root is not None:
         corpus.image_root = Path(image_root)
+    corpus.source, corpus.allow_outside_root = source.path, allow_outside_root
     _check_corpus(source, corpus)  # before the merge, so errors name the file's own split
     if merge_restval:
         for record in corpus.images:
             if record.split == "restval":
                 record.split = "train"
     return corpus
+
+
+def dataset_files(path: str | os.PathLike) -> list[Path]:
+    """The files `load_corpus(path)` may read: the file itself, or a folder's dataset.json /
+    Flickr8k token file, plus the Flickr8k split files beside a token file."""
+    path = Path(path)
+    if path.is_dir():
+        files, folder = [path / CORPUS_FILE, path / FLICKR8K_TOKEN_FILE], path
+        flickr8k = files[1].is_file()
+    else:
+        files, folder = [path], path.parent
+        flickr8k = path.suffix.lower() == ".txt"  # what the flickr8k sniffer takes
+    if flickr8k:
+        files += [folder / name for name in FLICKR8K_SPLIT_FILES.values()]
+    return files
 
 
 def guess_format(source: str | os.PathLike | SourceFile) -> str:
@@ -227,6 +292,9 @@ def _require(
     if isinstance(value, bool) or not isinstance(value, kind):
         got = type(value).__name__
         raise source.error(where, f'"{key}" must be {_TYPE_NAMES[kind]}, got {got}')
+    why = check_text(value) if isinstance(value, str) else None
+    if why is not None:
+        raise source.error(where, f'"{key}" {why}')
     return value
 
 
@@ -256,6 +324,9 @@ def _load_pairs(source: SourceFile, split: str | None) -> CaptionCorpus:
             raise source.line_error(line, '"image" must be a non-empty string')
         if not isinstance(caption, str):
             raise source.line_error(line, f'"caption" must be a string, got {caption!r}')
+        for key, text in (("image", image), ("caption", caption)):
+            if (why := check_text(text)) is not None:
+                raise source.line_error(line, f'"{key}" {why}')
         row_split = row.get("split") or split or "train"
         if row_split not in SPLITS:
             raise source.line_error(line, f"unknown split {row_split!r}")

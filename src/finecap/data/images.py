@@ -67,6 +67,36 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageLoadError(f"{path}: cannot read image ({err})") from err
 
 
+def check_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise `ImageLoadError` if `path` is not a readable image: the file, its header and size,
+    and its structure (`verify`, which checks a PNG's chunks and CRCs) — without decoding the
+    pixels, so a whole dataset is checked in seconds before training starts."""
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_size(path, img.size, max_pixels)
+                img.verify()
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(f"{path}: too large, possible decompression bomb ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{path}: not an image file (or an unsupported format)") from err
+    except Exception as err:  # verify raises OSError, SyntaxError, struct.error, ...
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({err})") from err
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """`image` with its shorter side at most `side` pixels (aspect kept; never enlarged)."""
+    short = min(image.size)
+    if short <= side:
+        return image
+    w, h = (round(x * side / short) for x in image.size)
+    return image.resize((w, h), Image.Resampling.BICUBIC)
+
+
 def load_images(
     paths: Iterable[str | os.PathLike], max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> list[Image.Image | ImageLoadError]:

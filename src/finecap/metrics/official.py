@@ -10,6 +10,9 @@ Two input fixes, both documented: captions are stripped of line-breaking charact
 (``\\r``, ``\\v``, ``\\f``, U+2028, U+2029) before tokenization -- pycocoevalcap only replaces
 ``\\n``, and any other line break shifts every later caption onto the wrong image; and SPICE's
 per-image scores (computed in sorted id order) are re-aligned with the input order.
+Text that is not UTF-8 (a lone surrogate such as "\\ud800", which JSON can spell) is a
+``ValueError`` naming the image, raised before anything runs: the tokenizer writes UTF-8 and
+would crash half-way. (`load_predictions` and `load_corpus` already refuse such files.)
 Empty captions are scored as empty: the tokenizer keeps an empty line, BLEU/ROUGE-L/CIDEr give
 0, and METEOR 1.5 scores an empty hypothesis 0 (checked against the jar).
 """
@@ -95,6 +98,7 @@ def official_scores(
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; official metrics: {OFFICIAL_METRICS}")
     check_inputs(refs, preds)
+    _check_utf8(refs, preds)
     image_ids = list(refs)
     result = OfficialResult({}, {}, {}, image_ids)
     reason = java_status() or (None if pycocoevalcap_dir() else "pycocoevalcap is not installed")
@@ -115,6 +119,18 @@ def official_scores(
         except Exception as err:  # a scorer that fails is reported, never hidden
             result.unavailable[_label(metric)] = f"{type(err).__name__}: {err}"
     return result
+
+
+def _check_utf8(refs: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str]) -> None:
+    for i in refs:
+        for what, text in [("prediction", preds[i]), *(("reference", r) for r in refs[i])]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"image_id {i!r}: the {what} {text!r} is not UTF-8 text (a lone surrogate "
+                    f"at character {err.start})"
+                ) from None
 
 
 def _label(metric: str) -> str:

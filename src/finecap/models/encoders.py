@@ -102,6 +102,12 @@ class Encoder(nn.Module, ABC):
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         """RGB PIL images -> pixels (B, 3, S, S) normalised as the backbone expects."""
 
+    @property
+    @abstractmethod
+    def input_side(self) -> int:
+        """Side in pixels of the images `preprocess` makes (the training cache keeps images
+        no larger than this)."""
+
     @abstractmethod
     def backbone(self, pixels: Tensor) -> Tensor:
         """Pixels (B, 3, S, S) -> backbone features (B, R, D)."""
@@ -195,6 +201,10 @@ class SmallCNN(Encoder):
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return _normalise(images, self.config.image_size, self.MEAN, self.STD)
 
+    @property
+    def input_side(self) -> int:
+        return self.config.image_size
+
     def backbone(self, pixels: Tensor) -> Tensor:
         grid = self.convs(pixels)  # (B, D, S/8, S/8)
         return grid.flatten(2).transpose(1, 2) + self.position  # (B, R, D)
@@ -234,6 +244,14 @@ class HFImageEncoder(Encoder):
         self.model.config.save_pretrained(folder)
         if self.processor is not None:
             self.processor.save_pretrained(folder)
+
+    @property
+    def input_side(self) -> int:
+        processor = self.processor
+        crop = getattr(processor, "crop_size", None) or {}
+        size = getattr(processor, "size", None) or {}
+        side = crop.get("height") or size.get("shortest_edge") or size.get("height")
+        return int(side or getattr(self.model.config, "image_size", 224))
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         if self.processor is not None:

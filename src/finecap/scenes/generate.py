@@ -23,6 +23,7 @@ and changing `n` keeps earlier train images unchanged.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from finecap.config import NonNegativeInt, PositiveInt, Settings
 from finecap.data.vocab import simple_tokenize
+from finecap.io import atomic_write_text
 from finecap.scenes.language import (
     FineCapEvalRow,
     describe_scene,
@@ -145,10 +147,11 @@ def _make_entry(
 
 def _write_csv(path: Path, rows: list[FineCapEvalRow]) -> None:
     columns = [f.name for f in fields(FineCapEvalRow)]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def write_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
@@ -164,9 +167,10 @@ def write_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool = T
     info = {"generator": "finecap.scenes", "seed": cfg.seed, "image_size": cfg.image_size}
     info |= {"group_size": cfg.group_size, "splits": cfg.split_sizes()}
     dataset = {"dataset": "scenes", "info": info, "images": entries}
-    json_path = out / DATASET_FILE
-    json_path.write_text(json.dumps(dataset), encoding="utf-8")
+    # Both atomically, dataset.json last: once it exists, the world is complete.
     _write_csv(out / FINECAPEVAL_FILE, fce_rows)
+    json_path = out / DATASET_FILE
+    atomic_write_text(json_path, json.dumps(dataset))
     return json_path
 
 

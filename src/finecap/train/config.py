@@ -62,6 +62,13 @@ class DataConfig(Settings):
     """Validate on the first N validation images only (None: all; 0: no validation)."""
     num_workers: NonNegativeInt = 0
     """DataLoader worker processes (0: load in the training process)."""
+    allow_outside_root: bool = False
+    """Read image paths that resolve outside the image root (absolute, `..`, symlinks out)."""
+    cache_images: bool = True
+    """Keep each decoded image, shrunk to the encoder's input size, for the next epochs."""
+    bad_images: Literal["stop", "skip"] = "stop"
+    """Images of the splits in use that cannot be read (checked before training): stop with
+    the list, or leave them out of the run."""
 
 
 class OptimConfig(Settings):

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from finecap.train.checkpoints import SafeCheckpointIO
 from finecap.train.settings import LightningConfig, TrainerConfig
 
 LOGGERS = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
@@ -37,6 +38,7 @@ def make_trainer(
         raise ValueError("a captioner run needs its output folder")
     logger = LOGGERS[settings.logger](out, name="logs") if run else False
     progress = TQDMProgressBar(refresh_rate=10) if run else EpochSummary()
+    plugins = [SafeCheckpointIO()] if run else []  # atomic writes, weights-only loads
     return L.Trainer(
         accelerator=settings.accelerator,
         devices=settings.devices,
@@ -46,6 +48,7 @@ def make_trainer(
         gradient_clip_val=gradient_clip or None,
         check_val_every_n_epoch=settings.val_every_n_epochs if run else 1,
         callbacks=[*callbacks, progress],
+        plugins=plugins,
         logger=logger,
         enable_checkpointing=run,
         log_every_n_steps=10,

@@ -2,20 +2,27 @@
 export the selected checkpoint as a `Captioner` folder.
 
 Output layout (`config.output_dir`):
-  checkpoints/{last,best}.ckpt  Lightning checkpoints (resume / selection)
+  checkpoints/last.ckpt      the latest state (every few minutes / N steps, each epoch's end,
+                             on SIGINT/SIGTERM), written atomically: what a rerun resumes
+  checkpoints/best.ckpt      the best validation CIDEr-D (with trainer.select: val_cider)
   logs/version_N/            CSV or TensorBoard logs, one folder per (resumed) run
   model/                     the selected model: config.json, model.safetensors, vocab.json
   config.yaml                the resolved recipe, with the model it actually trained
+  run.json                   what identifies the run (dataset, seed, task, model) + finished
 
 Everything a user can get wrong (a setting, the dataset, `--init`, a reward's CLIP or grammar
 folder, offline pretrained weights) fails before the run folder is made, so a failed start
-leaves nothing behind.
+leaves nothing behind. One process writes a run folder at a time (`FolderLock`); a rerun of a
+finished run does nothing; a resume whose dataset, seed, task or model differs from the
+recorded run is refused unless `force`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -24,11 +31,24 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finecap.captioner import Captioner
 from finecap.config import ConfigError
-from finecap.io import atomic_write_text
+from finecap.io import FolderLock, atomic_write_text
+from finecap.train.checkpoints import (
+    LAST,
+    GracefulStop,
+    LastCheckpoint,
+    checkpoint_position,
+    load_checkpoint,
+)
 from finecap.train.config import TrainConfig, config_to_yaml
 from finecap.train.data import CaptionDataModule
 from finecap.train.lightning import make_trainer
 from finecap.train.tasks import CaptionTask, create_task
+
+RUN_FILE = "run.json"
+QUIET = [  # Lightning warnings that say nothing to a finecap user
+    r"Checkpoint directory .* exists and is not empty",  # every resume: our own last.ckpt
+    r".*isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning 2.6 itself
+]
 
 
 def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainConfig, Captioner]:
@@ -48,9 +68,46 @@ def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainCo
     return config.replace(model=initial.config.to_dict()), initial
 
 
-def train(config: TrainConfig, init: str | Path | None = None) -> Path:
+def run_identity(config: TrainConfig) -> dict:
+    """What a resume must share with the run it continues."""
+    return {
+        "dataset": str(Path(config.data.dataset).resolve()),
+        "seed": config.seed,
+        "task": config.task,
+        "model": config.model.to_dict(),
+    }
+
+
+def check_resume(out: Path, identity: dict, force: bool) -> dict | None:
+    """The recorded run of `out` (None for a new run); refuses a different one unless force."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in identity if recorded.get("identity", {}).get(k) != identity[k]]
+    if changed and not force:
+        shown = "; ".join(
+            f"{k}: recorded {recorded.get('identity', {}).get(k)!r}, now {identity[k]!r}"
+            for k in changed
+        )
+        raise ConfigError(
+            f"{out} holds a run with another {', '.join(changed)} ({shown}): use a new "
+            "output_dir, or --force to continue it anyway"
+        )
+    return recorded
+
+
+def train(config: TrainConfig, init: str | Path | None = None, force: bool = False) -> Path:
     """Fit the configured task; returns the exported model folder."""
     config, initial = resolve_model(config, init)
+    out = Path(config.output_dir)
+    fresh = not out.exists()
+    identity = run_identity(config)
+    recorded = check_resume(out, identity, force)
+    finished = recorded and recorded.get("finished") == config.optim.max_epochs
+    if finished and (out / "model").is_dir():
+        print(f"{out}: finished already ({config.optim.max_epochs} epochs); nothing to do")
+        return out / "model"
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -58,49 +115,76 @@ def train(config: TrainConfig, init: str | Path | None = None) -> Path:
     data = CaptionDataModule(config.data)
     vocab = initial.vocab if initial else data.build_vocab()
     task = create_task(config, vocab, initial.model if initial else None)
-    data.vocab, data.preprocess = vocab, task.model.encoder.preprocess
+    encoder = task.model.encoder
+    data.vocab, data.preprocess, data.cache_side = vocab, encoder.preprocess, encoder.input_side
 
-    out = Path(config.output_dir)
-    fresh = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write_text(out / "config.yaml", config_to_yaml(config))
-        select_by_cider = config.trainer.select == "val_cider" and data.val_records
-        monitor = "val/CIDEr" if select_by_cider else None  # None: the last checkpoint
-        checkpoint = ModelCheckpoint(
-            dirpath=out / "checkpoints",
-            filename="best",
-            monitor=monitor,
-            mode="max",
-            save_last=True,
-            save_top_k=1,
-            enable_version_counter=False,
-        )
-        trainer = make_trainer(
-            config.trainer,
-            config.optim.max_epochs,
-            [checkpoint],
-            out=out,
-            gradient_clip=config.optim.gradient_clip,
-        )
-        last = out / "checkpoints" / "last.ckpt"
-        trainer.fit(task, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+        with FolderLock(out):
+            Captioner.recover(out / "model")  # a swap a kill interrupted, from an earlier run
+            atomic_write_text(out / "config.yaml", config_to_yaml(config))
+            record = {"identity": identity, "finished": None}
+            atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
+            checkpoint = _fit(task, data, config, out)
+            folder = export_selected(task, checkpoint, out / "model")
+            record["finished"] = config.optim.max_epochs
+            atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
     except BaseException:
         if fresh and not any((out / "checkpoints").glob("*.ckpt")):
             shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no empty run behind
         raise
-    return export_selected(task, checkpoint, out / "model")
+    return folder
 
 
-def export_selected(task: CaptionTask, checkpoint: ModelCheckpoint, folder: Path) -> Path:
-    """Load the selected checkpoint's weights into the task and save it as a Captioner."""
-    path = checkpoint.best_model_path or checkpoint.last_model_path
-    extra = {"task": task.config.task, "selected": "val_cider" if checkpoint.monitor else "last"}
-    if path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+def _fit(
+    task: CaptionTask, data: CaptionDataModule, config: TrainConfig, out: Path
+) -> ModelCheckpoint:
+    """Run (or resume) Lightning's fit; returns the best-checkpoint callback."""
+    select_by_cider = config.trainer.select == "val_cider" and data.val_records
+    best = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor="val/CIDEr" if select_by_cider else None,
+        mode="max",
+        save_top_k=1 if select_by_cider else 0,
+        save_last=False,
+        enable_version_counter=False,
+    )
+    last = LastCheckpoint(
+        out / "checkpoints",
+        config.trainer.checkpoint_every_n_steps,
+        config.trainer.checkpoint_every_minutes,
+    )
+    callbacks = [best, last, GracefulStop(last)]
+    trainer = make_trainer(
+        config.trainer, config.optim.max_epochs, callbacks, out, config.optim.gradient_clip
+    )
+    resume = out / "checkpoints" / LAST
+    if resume.exists():
+        step, epoch = checkpoint_position(resume)
+        print(f"resuming from step {step} (epoch {epoch}): {resume}", flush=True)
+    with warnings.catch_warnings():
+        for noise in QUIET:
+            warnings.filterwarnings("ignore", message=noise)
+        trainer.fit(
+            task,
+            datamodule=data,
+            ckpt_path=str(resume) if resume.exists() else None,
+            weights_only=True,
+        )
+    return best
+
+
+def export_selected(task: CaptionTask, best: ModelCheckpoint, folder: Path) -> Path:
+    """Load the selected checkpoint's weights (the best by validation CIDEr-D, or the last)
+    into the task and save it as a Captioner."""
+    last = folder.parent / "checkpoints" / LAST
+    path = Path(best.best_model_path) if best.best_model_path else last
+    extra = {"task": task.config.task, "selected": "val_cider" if best.monitor else "last"}
+    if path.is_file():
+        state = load_checkpoint(path)
         task.load_state_dict(state["state_dict"])
         extra["epochs"] = int(state["epoch"]) + 1  # epochs trained when it was saved
-    if checkpoint.best_model_score is not None:
-        extra["best_val_cider"] = float(checkpoint.best_model_score)
+    if best.best_model_score is not None:
+        extra["best_val_cider"] = float(best.best_model_score)
     Captioner(task.model.cpu().eval(), task.vocab).save_pretrained(folder, extra)
     return folder

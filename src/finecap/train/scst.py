@@ -27,7 +27,7 @@ from finecap.registry import Registry
 from finecap.rewards import RewardBatch, rewards_from_config
 from finecap.train.config import TrainConfig
 from finecap.train.data import CaptionBatch
-from finecap.train.tasks import CaptionTask, register_task
+from finecap.train.tasks import CaptionTask, check_finite, register_task
 
 Baseline = Callable[[Tensor, Tensor | None, int], Tensor]
 _BASELINES: Registry[Tensor] = Registry("SCST baseline")
@@ -62,14 +62,6 @@ def policy_gradient_loss(logprobs: Tensor, mask: Tensor, advantage: Tensor) -> T
     """
     mask = mask.to(logprobs.dtype)
     return -(logprobs * mask * advantage.detach()[:, None]).sum() / mask.sum().clamp(min=1.0)
-
-
-def check_finite(name: str, value: Tensor) -> None:
-    if not bool(torch.isfinite(value).all()):
-        raise FloatingPointError(
-            f"SCST stopped: non-finite {name} ({value.flatten()[:8].tolist()}...); lower the "
-            "learning rate or check the reward configuration"
-        )
 
 
 @register_task("scst")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from finecap.config import PositiveInt, Settings
+from finecap.config import PositiveFloat, PositiveInt, Settings
 
 
 class LightningConfig(Settings):
@@ -31,3 +31,9 @@ class TrainerConfig(LightningConfig):
     select: Literal["val_cider", "last"] = "val_cider"
     """Which checkpoint becomes model/: "val_cider" (the best validation CIDEr-D) or "last".
     SCST recipes take the last: picking by CIDEr-D would undo what another reward taught."""
+    checkpoint_every_n_steps: PositiveInt | None = None
+    """Write checkpoints/last.ckpt every N optimiser steps (and at each epoch's end); None:
+    every `checkpoint_every_minutes` of training instead."""
+    checkpoint_every_minutes: PositiveFloat = 5.0
+    """Time between step checkpoints when checkpoint_every_n_steps is None: a kill loses at
+    most this much work."""

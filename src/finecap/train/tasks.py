@@ -17,6 +17,7 @@ from torch import Tensor
 
 from finecap.data.vocab import Vocab
 from finecap.decoding import decode
+from finecap.errors import UserError
 from finecap.models import CaptionModel
 from finecap.registry import Registry
 from finecap.train.config import TrainConfig, config_to_dict
@@ -88,6 +89,18 @@ def validation_cider(references: dict[int, list[str]], predictions: dict[int, st
     return float(fast_scores(references, predictions, ["CIDEr"]).scores["CIDEr"])
 
 
+class NonFiniteLossError(UserError, FloatingPointError):
+    """Training produced NaN or inf: the run stops and nothing is exported."""
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteLossError(
+            f"training stopped: non-finite {name} ({value.flatten()[:8].tolist()}...); lower "
+            "the learning rate or check the data and reward configuration; nothing exported"
+        )
+
+
 def caption_cross_entropy(logits: Tensor, tokens: Tensor, label_smoothing: float) -> Tensor:
     """Mean token cross-entropy: logits (N, T, V) predict tokens (N, T); <pad> is ignored."""
     return F.cross_entropy(
@@ -110,4 +123,5 @@ class MLETask(CaptionTask):
         if out.aux_loss is not None:
             self.log("train/aux", out.aux_loss)
             loss = loss + out.aux_loss
+        check_finite("loss", loss)
         return loss
