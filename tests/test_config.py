@@ -275,3 +275,44 @@ def test_grammar_settings_name_every_negative_kind_the_code_makes() -> None:
     from finecap.clip.grammar import NEGATIVES
 
     assert tuple(NEGATIVES) == NEGATIVE_KINDS
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optim.lr.x=1", "optim.lr is 0.001, not a section"),
+        ("model.encoder.name=[x]", "`name` (which encoder) must be a string"),
+        ("model.decoder={name: transformer, hidden_size: 64, num_heads: 4, dropout: 2}", "dropout"),
+    ],
+)
+def test_odd_overrides_are_config_errors(override: str, expected: str) -> None:
+    assert expected in _error([override])
+
+
+def test_duplicate_reward_terms_are_refused_at_load() -> None:
+    message = _error(
+        ["scst.rewards=[{name: cider}, {name: cider, weight: 2}]"], "scst_scenes_cider"
+    )
+    assert "cider given twice" in message
+
+
+def test_output_dir_is_taken_literally(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for name in ("2024", "yes", "#x"):
+        args = ["train", "--config", RECIPE, "--output-dir", name, "--print-config"]
+        assert main(args) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == name
+
+
+def test_broken_model_folders_are_one_message(tmp_path: Path) -> None:
+    from finecap.errors import UserError
+
+    folder = tmp_path / "model"
+    shutil.copytree(FIXTURES / "format1_captioners" / "lstm", folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="model.safetensors: the weights do not load"):
+        Captioner.from_pretrained(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["model"]["encoder"]["name"] = "no_such_encoder"
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="not a model config finecap can read"):
+        Captioner.from_pretrained(folder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from torch import Tensor
 from finecap.config import ConfigError
 from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import Decoded, DecodingConfig, decode
-from finecap.errors import MissingFileError
+from finecap.errors import MissingFileError, UserError
 from finecap.io import FOLDER_MODE
 from finecap.models import CaptionModel, ModelConfig
 from finecap.models.encoders import HFImageEncoder
@@ -34,6 +35,10 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 BACKBONE_DIR = "backbone"
 FORMAT = 2  # config.json layout; 1 = before the typed config layer (no "format" key)
+
+
+class ModelFolderError(UserError, ValueError):
+    """A captioner folder whose files are unreadable or do not fit together."""
 
 
 @dataclass
@@ -73,9 +78,21 @@ class Captioner:
         # A pretrained backbone's weights are in model.safetensors already: rebuild it from its
         # saved config instead of looking the weights up on the hub again.
         backbone_dir = folder / BACKBONE_DIR if (folder / BACKBONE_DIR).is_dir() else None
-        vocab = Vocab.load(folder / VOCAB_FILE)
+        try:
+            vocab = Vocab.load(folder / VOCAB_FILE)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ModelFolderError(
+                f"{folder / VOCAB_FILE}: not a finecap vocabulary ({err})"
+            ) from None
         captioner = cls.create(config, vocab, backbone_dir)
-        captioner.model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        try:
+            captioner.model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        except Exception as err:  # safetensors' own error type, or shapes that do not fit
+            first = str(err).strip().splitlines()[0][:300]
+            raise ModelFolderError(
+                f"{folder / WEIGHTS_FILE}: the weights do not load into the model that "
+                f"config.json describes ({first})"
+            ) from None
         captioner.model.eval()
         return captioner
 
@@ -118,8 +135,10 @@ class Captioner:
         old = folder.with_name(f".{folder.name}.old")
         if old.is_dir() and not folder.exists():
             old.rename(folder)
+        # Only our own: `.NAME.old` and mkdtemp's `.NAME.` + 8 characters (not `.NAME.v2.old`).
+        ours = re.compile(rf"\.{re.escape(folder.name)}\.(old|[a-z0-9_]{{8}})")
         for stray in folder.parent.glob(f".{folder.name}.*"):
-            if stray.is_dir():
+            if stray.is_dir() and ours.fullmatch(stray.name):
                 shutil.rmtree(stray, ignore_errors=True)
 
     @torch.inference_mode()
@@ -179,5 +198,7 @@ def read_model_config(path: Path) -> ModelConfig:
     if version == 1:
         return ModelConfig.from_saved(data["model"], str(path))
     if version != FORMAT:
-        raise ConfigError(f"{path}: format {version!r} is newer than this finecap ({FORMAT})")
+        newer = isinstance(version, int) and version > FORMAT
+        reason = f"newer than this finecap's ({FORMAT}): upgrade finecap" if newer else "unknown"
+        raise ConfigError(f"{path}: format {version!r} is {reason}")
     return ModelConfig.load(data["model"], str(path))

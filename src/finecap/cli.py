@@ -100,8 +100,6 @@ def parse(argv: list[str]) -> tuple[str, object, object] | int:
     """(prog, options, handler) for a command line, or the exit status of a help/usage error."""
     import tyro
 
-    from finecap.errors import UserError
-
     words = _words(argv)
     if isinstance(words, int):
         return words
@@ -118,11 +116,8 @@ def parse(argv: list[str]) -> tuple[str, object, object] | int:
             description=inspect.cleandoc(options_class.__doc__ or description),
             config=(tyro.conf.OmitArgPrefixes,),
         )
-    except SystemExit as exit_:
+    except SystemExit as exit_:  # --help, or a value tyro or the settings class refused
         return int(exit_.code or 0)
-    except UserError as err:  # a value tyro parsed that the settings class refused
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
     return prog, options, handler
 
 

@@ -116,6 +116,8 @@ def by_name(
         if not isinstance(value, dict):
             raise ValueError(f"expected a mapping with a `name` ({kind}), got {value!r}")
         name = value.get("name", default)
+        if not isinstance(name, str):
+            raise ValueError(f"`name` (which {kind}) must be a string, got {name!r}")
         try:
             cls = config_class(name)
         except KeyError as err:
@@ -200,7 +202,7 @@ def _item_class(cls: Any, value: Any) -> Any:
 def _lookup(lookup: Callable[[str], type], value: Any) -> type | None:
     try:
         return lookup(value.get("name")) if isinstance(value, dict) else None
-    except KeyError:
+    except (KeyError, TypeError):  # an unknown or unhashable name: no class to name keys of
         return None
 
 
@@ -267,6 +269,8 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader) or {}
     except OSError as err:
         raise ConfigError(f"{path}: cannot read recipe ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
@@ -310,6 +314,9 @@ def set_dotted(data: dict, assignment: str) -> None:
     node: Any = data
     for depth, part in enumerate(parents):
         node = _child(node, part, key, ".".join(parents[: depth + 1]))
+    if not isinstance(node, dict | list):
+        where = ".".join(parents)
+        raise ConfigError(f"--set {key}: {where} is {node!r}, not a section")
     if isinstance(node, list):
         node[_index(node, last, key)] = parse_value(raw)
     else:
@@ -321,7 +328,9 @@ def _child(node: Any, part: str, key: str, where: str) -> Any:
         return node[_index(node, part, key)]
     if not isinstance(node, dict):
         raise ConfigError(f"--set {key}: {where} is {node!r}, not a section")
-    return node.setdefault(part, {})
+    if node.get(part) is None:  # absent, or `section: null` in the recipe
+        node[part] = {}
+    return node[part]
 
 
 def _index(node: list, part: str, key: str) -> int:
@@ -335,9 +344,10 @@ def _index(node: list, part: str, key: str) -> int:
 def load_settings(
     cls: type[S], recipe: str | Path, overrides: Iterable[str] = (), **extra: Any
 ) -> S:
-    """Read a recipe (name or path), apply `--set` overrides, validate as `cls`."""
+    """Read a recipe (name or path), apply `--set` overrides, then `extra` (nested mappings
+    a caller sets, e.g. the command line's --output-dir), validate as `cls`."""
     path = find_recipe(recipe)
-    data = merge(read_recipe(path), extra)
+    data = read_recipe(path)
     for assignment in overrides:
         set_dotted(data, assignment)
-    return cls.load(data, str(path))
+    return cls.load(merge(data, extra), str(path))

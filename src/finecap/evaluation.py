@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 
 from finecap.config import PathStr
 from finecap.errors import UserError
+from finecap.io import named_path
 from finecap.metrics.suite import (
     EvalData,
     PredictionsError,
@@ -102,13 +103,10 @@ class EvaluationConfig(SuiteConfig):
         """(name, predictions file) per system, in the order given."""
         systems: list[tuple[str, Path]] = []
         for item in self.predictions:
-            name, eq, path = item.partition("=")
-            # A file whose own name holds "=" is a file, not NAME=FILE.
-            if not eq or not name or Path(item).exists():
-                name, path = Path(item).stem, item
+            name, path = named_path(item)
             if name in {n for n, _ in systems}:
                 raise PredictionsError(f"two systems are named {name!r}: use NAME=path")
-            systems.append((name, Path(path)))
+            systems.append((name, path))
         return systems
 
 

@@ -71,8 +71,13 @@ class FolderLock:
     def __enter__(self) -> FolderLock:
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / self.FILE, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder / self.FILE, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        except OSError as err:
+            raise UserError(
+                f"{self.folder}: cannot be used as an output folder ({err.strerror})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,3 +96,20 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (hard links and other spellings too), even if absent."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def named_path(item: str) -> tuple[str, Path]:
+    """`NAME=FILE` -> (NAME, FILE); a plain `FILE` (or a file whose own name holds "=") is
+    named after its stem."""
+    name, eq, path = item.partition("=")
+    if eq and name and not Path(item).exists():
+        return name, Path(path)
+    return Path(item).stem, Path(item)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 # worker imports this module first, whichever step it runs (10 s saved per worker).
 from finecap.clip.config import ClipTrainConfig, GrammarTrainConfig, ScenesClipConfig
 from finecap.config import Settings, merge
+from finecap.errors import UserError
 from finecap.io import FolderLock, atomic_write_text
 from finecap.scenes.generate import WorldConfig, write_world
 
@@ -306,6 +307,10 @@ class Stopped(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM
 
 
+class StepFailed(UserError, RuntimeError):
+    """A step raised; its log has the details, the finished steps are kept."""
+
+
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
@@ -405,7 +410,7 @@ def run_steps(steps: list[Step], jobs: int, out: Path, timings: dict) -> None:
     if failed:
         step, error = failed
         log = _log_path(out, step)
-        raise RuntimeError(f"step {step.name!r} failed ({error}); see {log}") from error
+        raise StepFailed(f"step {step.name!r} failed ({error}); see {log}") from error
 
 
 def reproduce(out: Path, settings: ReproduceSettings, jobs: int = 2) -> Path:

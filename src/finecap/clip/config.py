@@ -70,7 +70,8 @@ class ClipTrainConfig(Settings):
     """Seed of the initialisation, batch order and text draws."""
     eval_split: str = "test"
     """Split of the retrieval check written to clip_eval.json."""
-    trainer: LightningConfig = LightningConfig()
+    trainer: LightningConfig = LightningConfig(accelerator="auto")
+    """Where it trains (a GPU when there is one)."""
 
     def learning_rate(self, fine_tuning: bool) -> float:
         return self.lr if self.lr is not None else (1e-5 if fine_tuning else 5e-4)
@@ -92,4 +93,5 @@ class GrammarTrainConfig(Settings):
     """Prepended to every caption before the text encoder (Cho et al.)."""
     kinds: list[NegativeKind] = Field(default_factory=lambda: list(NEGATIVE_KINDS), min_length=1)
     """Negative kinds to train on."""
-    trainer: LightningConfig = LightningConfig()
+    trainer: LightningConfig = LightningConfig(accelerator="auto")
+    """Where it trains (a GPU when there is one)."""

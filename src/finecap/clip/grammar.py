@@ -56,7 +56,7 @@ from finecap.clip.train import (
 )
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.data.vocab import simple_tokenize
-from finecap.errors import MissingFileError
+from finecap.errors import MissingFileError, UserError
 from finecap.io import atomic_write_text
 
 HEAD_FILE, CONFIG_FILE = "grammar_head.safetensors", "grammar_config.json"
@@ -237,11 +237,19 @@ class GrammarModel(nn.Module):
             raise MissingFileError(
                 f"{path}: not a grammar model folder (needs {HEAD_FILE} and {CONFIG_FILE})"
             )
-        config = GrammarConfig(**json.loads((path / CONFIG_FILE).read_text()))
-        head = GrammarHead(config.hidden_size)
-        head.load_state_dict(load_file(path / HEAD_FILE))
+        try:
+            config = GrammarConfig(**json.loads((path / CONFIG_FILE).read_text()))
+            head = GrammarHead(config.hidden_size)
+            head.load_state_dict(load_file(path / HEAD_FILE))
+        except Exception as err:  # bad JSON, unknown keys, weights that do not fit
+            first = str(err).strip().splitlines()[0][:300]
+            raise GrammarFolderError(f"{path}: not a readable grammar model ({first})") from None
         model = cls(load_clip(str(path)), head, config)
         return model.eval()
+
+
+class GrammarFolderError(UserError, ValueError):
+    """A grammar model folder whose files are unreadable or do not fit together."""
 
 
 def freeze_vision(clip: nn.Module) -> None:

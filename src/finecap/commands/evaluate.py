@@ -6,7 +6,6 @@ command line, the terminal table and where the files go.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from tyro.conf import arg
 
 from finecap.config import NonNegativeInt
 from finecap.evaluation import EvaluationConfig, InputError
+from finecap.io import same_file
 
 PROG = "finecap evaluate"
 
@@ -67,13 +67,6 @@ def _note(message: str) -> None:
     print(f"  {message}", file=sys.stderr)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)  # hard links and other spellings of one file too
-    except OSError:  # one of them does not exist (yet)
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _check_outputs(options: EvaluateOptions, config: EvaluationConfig) -> None:
     """Refuse, before anything is scored, an output that would overwrite an input (a
     predictions file, the dataset, the FineCapEval CSV) or that is a folder."""
@@ -88,13 +81,13 @@ def _check_outputs(options: EvaluateOptions, config: EvaluationConfig) -> None:
     for flag, out in outputs:
         if out.is_dir():
             raise InputError(f"{flag} {out}: is a folder; name the file to write")
-        clash = next((path for path in inputs if _same_file(out, path)), None)
+        clash = next((path for path in inputs if same_file(out, path)), None)
         if clash is not None:
             raise InputError(
                 f"{flag} {out}: is an input ({clash}) and would be overwritten; "
                 "write somewhere else"
             )
-    if len(outputs) == 2 and _same_file(outputs[0][1], outputs[1][1]):
+    if len(outputs) == 2 and same_file(outputs[0][1], outputs[1][1]):
         raise InputError(f"--out and --report name the same file ({options.out})")
 
 

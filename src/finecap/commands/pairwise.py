@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 import re
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from tyro.conf import Positional
 
 from finecap.config import PositiveInt, Settings
 from finecap.errors import UserError
+from finecap.io import named_path, same_file
 
 
 class PairwiseMakeOptions(Settings):
@@ -50,13 +50,6 @@ class PairwiseTallyOptions(Settings):
     """Judgments JSON files (globs are expanded)."""
 
 
-def _named(item: str) -> tuple[str, Path]:
-    name, eq, path = item.partition("=")
-    if eq and name and not Path(item).exists():
-        return name, Path(path)
-    return Path(item).stem, Path(item)
-
-
 def _image_files(folder: Path, ids: list[int | str], allow_outside: bool) -> dict[int | str, Path]:
     """Without a dataset: a file whose stem is the id, or ends in it as a number
     (COCO_val2014_000000522418.jpg for 522418). A symlink out of the folder is refused."""
@@ -80,19 +73,12 @@ def _image_files(folder: Path, ids: list[int | str], allow_outside: bool) -> dic
     return paths
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _check_out(out: Path, inputs: list[Path]) -> None:
     """Refuse, before any work, a page that would overwrite an input or is a folder."""
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; name the HTML file to write")
     for path in inputs:
-        if _same_file(out, path):
+        if same_file(out, path):
             raise UserError(f"--out {out}: is an input ({path}) and would be overwritten")
 
 
@@ -100,7 +86,7 @@ def make_handler(options: PairwiseMakeOptions) -> int:
     from finecap.data.formats import dataset_files, load_corpus, load_predictions
     from finecap.pairwise import make_items, write_page
 
-    (a_name, a_path), (b_name, b_path) = _named(options.a), _named(options.b)
+    (a_name, a_path), (b_name, b_path) = named_path(options.a), named_path(options.b)
     dataset_inputs = dataset_files(options.dataset) if options.dataset else []
     _check_out(Path(options.out), [a_path, b_path, *dataset_inputs])
     a, b = load_predictions(a_path), load_predictions(b_path)

@@ -40,10 +40,8 @@ def run_train(options: TrainOptions) -> int:
     from finecap.train.config import config_to_yaml, load_config
     from finecap.train.run import resolve_model, train
 
-    overrides = [*options.set]
-    if options.output_dir:
-        overrides.append(f"output_dir={options.output_dir}")
-    config = load_config(options.config, overrides)
+    given = {"output_dir": options.output_dir} if options.output_dir else {}
+    config = load_config(options.config, options.set, **given)
     if options.print_config:
         config, _ = resolve_model(config, options.init) if options.init else (config, None)
         sys.stdout.write(config_to_yaml(config))

@@ -69,15 +69,20 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 
 def check_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     """Raise `ImageLoadError` if `path` is not a readable image: the file, its header and size,
-    and its structure (`verify`, which checks a PNG's chunks and CRCs) — without decoding the
-    pixels, so a whole dataset is checked in seconds before training starts."""
+    and its data — a JPEG decoded at 1/8 scale (`draft`: every coefficient is read, so a
+    truncated file fails, at a fraction of the cost), any other format `verify`-ed (a PNG's
+    chunks and CRCs). A whole dataset is checked in seconds before training starts."""
     _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_size(path, img.size, max_pixels)
-                img.verify()
+                if img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+                    img.load()
+                else:
+                    img.verify()
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 from pydantic import SerializeAsAny, WrapValidator
 from torch import Tensor, nn
 
-from finecap.config import Settings, by_name
+from finecap.config import ConfigError, Settings, by_name
 from finecap.models.decoder import (
     DecoderConfig,
     DecoderOutput,
@@ -53,7 +53,11 @@ class ModelConfig(Settings):
         decoder's fields and `processor_dir` inside `hf_config`: fields the model's own
         decoder/encoder does not have were ignored by it, so they are dropped here.
         """
-        return cls.load(upgrade_model_config(data), source)
+        try:
+            upgraded = upgrade_model_config(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(f"{source}: not a model config finecap can read ({err})") from None
+        return cls.load(upgraded, source)
 
 
 def upgrade_model_config(data: dict) -> dict:

@@ -15,13 +15,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from finecap.config import PositiveFloat
+from finecap.config import PathStr, PositiveFloat
 from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
 class CiderConfig(RewardConfig):
     name: Literal["cider"] = "cider"
-    dataset: str | None = None
+    dataset: PathStr | None = None
     """Dataset whose `split` references score the captions; in a recipe, the recipe's own
     training data unless given."""
     split: str = "train"

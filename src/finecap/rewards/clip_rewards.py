@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from finecap.config import PositiveFloat
+from finecap.config import PathStr, PositiveFloat
 from finecap.metrics.clipscore import (
     CLIP_S_PREFIX,
     CLIP_S_WEIGHT,
@@ -81,7 +81,7 @@ def as_scorer(clip) -> ClipScorer:
 class ClipRewardConfig(RewardConfig):
     """Settings of a reward that scores with a CLIP."""
 
-    clip: str | None = None
+    clip: PathStr | None = None
     """CLIP folder or hub name (Hugging Face format); `create_reward` also takes a loaded
     `ClipScorer` / `ClipEmbedder`."""
     prefix: str = ""

@@ -9,13 +9,13 @@ from typing import ClassVar, Literal
 
 import torch
 
-from finecap.config import PositiveInt
+from finecap.config import PathStr, PositiveInt
 from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
 class GrammarRewardConfig(RewardConfig):
     name: Literal["grammar"] = "grammar"
-    model: str | None = None
+    model: PathStr | None = None
     """Grammar model folder (`finecap grammar train`); `create_reward` also takes a loaded
     `finecap.clip.grammar.GrammarModel`."""
     batch_size: PositiveInt = 256

@@ -112,6 +112,14 @@ class SCSTConfig(Settings):
     NAMED_FIELDS: ClassVar[dict] = {"rewards": reward_config_class}
 
     @model_validator(mode="after")
+    def _rewards_distinct(self) -> SCSTConfig:
+        names = [term.name for term in self.rewards]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"rewards: {', '.join(twice)} given twice; give one term a weight")
+        return self
+
+    @model_validator(mode="after")
     def _baseline_fits(self) -> SCSTConfig:
         if self.baseline == "mean" and self.samples < 2:
             raise ValueError("the mean baseline needs samples >= 2 (the other samples' mean)")
@@ -169,10 +177,6 @@ def check_lengths(config: TrainConfig) -> None:
 def load_config(recipe: str | Path, overrides: Iterable[str] = (), **extra: Any) -> TrainConfig:
     """A recipe (path or shipped name) with `--set` overrides, validated."""
     return load_settings(TrainConfig, recipe, overrides, **extra)
-
-
-def config_to_dict(config: TrainConfig) -> dict:
-    return config.to_dict()
 
 
 def config_to_yaml(config: TrainConfig) -> str:

@@ -8,6 +8,7 @@ output is repeated for the captions, which is most of the speed of MLE training 
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from finecap.data.formats import CaptionCorpus, DatasetFormatError, ImageRecord, load_corpus
+from finecap.data.formats import (
+    CaptionCorpus,
+    DatasetFormatError,
+    ImageRecord,
+    OutsideRootError,
+    load_corpus,
+)
 from finecap.data.images import ImageLoadError, check_image, load_image, shrink
 from finecap.data.vocab import Vocab
 from finecap.train.config import DataConfig
@@ -99,6 +106,12 @@ def make_collate(
     return collate
 
 
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; a worker that died of it would end the run
+    # before the trainer saves its checkpoint (finecap.train.checkpoints.GracefulStop).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class CaptionDataModule(L.LightningDataModule):
     """Train/val loaders; set `vocab`, `preprocess` and `cache_side` (the encoder's) before
     fitting. Every image of both splits is checked when the module is made (header, size,
@@ -129,7 +142,7 @@ class CaptionDataModule(L.LightningDataModule):
             try:
                 check_image(self.corpus.image_path(record))
                 good.append(record)
-            except ImageLoadError as err:
+            except (ImageLoadError, OutsideRootError) as err:
                 bad.append(str(err))
         if bad and self.config.bad_images == "stop":
             shown = "\n  ".join(bad[:10]) + (
@@ -161,6 +174,7 @@ class CaptionDataModule(L.LightningDataModule):
             collate_fn=make_collate(self.preprocess, self.vocab, self.config, rng),
             num_workers=workers,
             persistent_workers=workers > 0,  # each worker keeps its cache across epochs
+            worker_init_fn=_leave_signals_to_the_trainer if workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:

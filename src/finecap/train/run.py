@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finecap.captioner import Captioner
@@ -83,7 +82,13 @@ def check_resume(out: Path, identity: dict, force: bool) -> dict | None:
     path = out / RUN_FILE
     if not path.is_file():
         return None
-    recorded = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded["identity"].keys()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ConfigError(
+            f"{path}: unreadable run record ({err!r}); move the folder aside or delete the file"
+        ) from None
     changed = [k for k in identity if recorded.get("identity", {}).get(k) != identity[k]]
     if changed and not force:
         shown = "; ".join(
@@ -108,8 +113,6 @@ def train(config: TrainConfig, init: str | Path | None = None, force: bool = Fal
     if finished and (out / "model").is_dir():
         print(f"{out}: finished already ({config.optim.max_epochs} epochs); nothing to do")
         return out / "model"
-    if config.trainer.threads:
-        torch.set_num_threads(config.trainer.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     data = CaptionDataModule(config.data)
@@ -118,8 +121,8 @@ def train(config: TrainConfig, init: str | Path | None = None, force: bool = Fal
     encoder = task.model.encoder
     data.vocab, data.preprocess, data.cache_side = vocab, encoder.preprocess, encoder.input_side
 
-    try:
-        with FolderLock(out):
+    with FolderLock(out):  # a second writer stops here, before touching anything
+        try:
             Captioner.recover(out / "model")  # a swap a kill interrupted, from an earlier run
             atomic_write_text(out / "config.yaml", config_to_yaml(config))
             record = {"identity": identity, "finished": None}
@@ -128,10 +131,10 @@ def train(config: TrainConfig, init: str | Path | None = None, force: bool = Fal
             folder = export_selected(task, checkpoint, out / "model")
             record["finished"] = config.optim.max_epochs
             atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
-    except BaseException:
-        if fresh and not any((out / "checkpoints").glob("*.ckpt")):
-            shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no empty run behind
-        raise
+        except BaseException:
+            if fresh and not any((out / "checkpoints").glob("*.ckpt")):
+                shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no empty run
+            raise
     return folder
 
 

@@ -20,7 +20,7 @@ from finecap.decoding import decode
 from finecap.errors import UserError
 from finecap.models import CaptionModel
 from finecap.registry import Registry
-from finecap.train.config import TrainConfig, config_to_dict
+from finecap.train.config import TrainConfig
 from finecap.train.data import CaptionBatch
 from finecap.train.lightning import warmup_cosine_schedule
 
@@ -47,7 +47,7 @@ class CaptionTask(L.LightningModule):
         self.model = model if model is not None else CaptionModel(config.model, len(vocab))
         self.model.train()  # a loaded Captioner comes in eval mode
         # Plain dicts only, so Lightning checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({"config": config_to_dict(config), "vocab": vocab.itos})
+        self.save_hyperparameters({"config": config.to_dict(), "vocab": vocab.itos})
         self._val_predictions: dict[int, str] = {}
         self._val_references: dict[int, list[str]] = {}
 
