@@ -202,9 +202,10 @@ def test_an_interrupted_export_is_recovered(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o777 & ~_umask()
     # A kill between the two renames of a re-export: the old folder aside, the new one not in.
     folder.rename(tmp_path / ".model.old")
-    (tmp_path / ".model.abc123").mkdir()
+    (tmp_path / ".model.abc_1234").mkdir()  # a temporary folder of the interrupted export
+    (tmp_path / ".model.v2.old").mkdir()  # a sibling model.v2's backup: not ours to remove
     Captioner.recover(folder)
-    assert folder.is_dir() and not list(tmp_path.glob(".model.*"))
+    assert folder.is_dir() and [p.name for p in tmp_path.glob(".model.*")] == [".model.v2.old"]
     Captioner.from_pretrained(folder)
 
 

@@ -229,7 +229,7 @@ def test_cli_flags_reach_the_config() -> None:
     assert (options.clip, options.dataset, options.out) == ("c", "d.json", "o")
     expected = GrammarTrainConfig(
         epochs=2, batch_size=8, lr=1e-4, description_prob=0, seed=3, eval_split="val",
-        trainer={"threads": 1},
+        trainer={"threads": 1, "accelerator": "auto"},
     )  # fmt: skip
     assert options.train == expected
     _, options, _ = parse(["grammar", "score", "--model", "m", "a red circle", "red red"])
