@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,28 @@ class ImageLoadError(UserError, ValueError):
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open `path` as an RGB image, fully decoded, or raise `ImageLoadError`."""
+    with _opened(path, max_pixels) as img:
+        _decode(path, img.load)  # a full decode now: truncation shows up here, not later
+        return _to_rgb(path, _apply_exif_orientation(img))
+
+
+def check_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise `ImageLoadError` if `path` is not a readable image: the file, its header and size,
+    and its data — a JPEG decoded at 1/8 scale (`draft`: every coefficient is read, so a
+    truncated file fails, at a fraction of the cost), any other format `verify`-ed (a PNG's
+    chunks and CRCs). A whole dataset is checked in seconds before training starts."""
+    with _opened(path, max_pixels) as img:
+        if img.format == "JPEG":
+            img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            _decode(path, img.load)
+        else:
+            _decode(path, img.verify)
+
+
+@contextmanager
+def _opened(path: str | os.PathLike, max_pixels: int | None) -> Iterator[Image.Image]:
+    """The file opened by Pillow after the file, header-size and bomb checks; every failure,
+    in the `with` body too, becomes an `ImageLoadError` naming the file."""
     _check_file(path)
     try:
         with warnings.catch_warnings():
@@ -52,13 +75,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_size(path, img.size, max_pixels)
-                try:
-                    img.load()  # force a full decode now: truncation shows up here, not later
-                except ImageLoadError:
-                    raise
-                except Exception as err:  # decoders raise OSError, SyntaxError, struct.error, ...
-                    raise ImageLoadError(f"{path}: corrupt or truncated image ({err})") from err
-                return _to_rgb(path, _apply_exif_orientation(img))
+                yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageLoadError(f"{path}: too large, possible decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
@@ -67,29 +84,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageLoadError(f"{path}: cannot read image ({err})") from err
 
 
-def check_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-    """Raise `ImageLoadError` if `path` is not a readable image: the file, its header and size,
-    and its data — a JPEG decoded at 1/8 scale (`draft`: every coefficient is read, so a
-    truncated file fails, at a fraction of the cost), any other format `verify`-ed (a PNG's
-    chunks and CRCs). A whole dataset is checked in seconds before training starts."""
-    _check_file(path)
+def _decode(path: str | os.PathLike, read: Callable[[], object]) -> None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_size(path, img.size, max_pixels)
-                if img.format == "JPEG":
-                    img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
-                    img.load()
-                else:
-                    img.verify()
-    except ImageLoadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"{path}: too large, possible decompression bomb ({err})") from err
-    except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{path}: not an image file (or an unsupported format)") from err
-    except Exception as err:  # verify raises OSError, SyntaxError, struct.error, ...
+        read()
+    except Exception as err:  # decoders raise OSError, SyntaxError, struct.error, ...
         raise ImageLoadError(f"{path}: corrupt or truncated image ({err})") from err
 
 
