@@ -1,5 +1,6 @@
 """`finecap caption`: bad files reported and the rest captioned, folders, JSON lines, attention
-figures, and clear exits for a missing model."""
+figures, clear exits for a missing model, n-best lists, seeded sampling, and a dataset split
+captioned into a predictions file that `evaluate` reads."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from finecap.attention_maps import (
 )
 from finecap.captioner import Caption, Captioner
 from finecap.cli import main
+from finecap.data.formats import load_corpus, load_predictions
 from finecap.data.images import load_image
+from finecap.decoding import DecodingConfig, SamplingConfig
+from finecap.evaluation import EvaluationConfig, evaluate
+from finecap.scenes import generate_world
 from helpers.tiny_captioners import make_talkative, make_tiny_captioner, save_images
 
 
@@ -225,3 +230,134 @@ def test_reader_closing_the_pipe_early_is_quiet(model_dir, tmp_path) -> None:
     assert first.startswith(image.encode() + b"\t")
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert rc == 141
+
+
+# --------------------------------------------------------------------------- n-best, sampling
+
+
+def test_n_best_prints_extra_lines_and_a_json_list(model_dir, tmp_path, capsys) -> None:
+    paths = [str(p) for p in save_images(tmp_path, 2, size=40)]
+    rc = main(["caption", *paths, "--model", str(model_dir), "--n-best", "3"])
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    assert [path for path, _ in lines] == [paths[0]] * 3 + [paths[1]] * 3  # best first
+    captioner = Captioner.from_pretrained(model_dir)
+    ranked = captioner(paths, decoding=DecodingConfig(beam_size=3, n_best=3))
+    assert [text for _, text in lines] == [c.text for r in ranked for c in [r, *r.alternatives]]
+    rc = main(["caption", *paths, "--model", str(model_dir), "--n-best", "4", "--json"])
+    records = _json_lines(capsys.readouterr().out)
+    assert rc == 0 and all(len(r["captions"]) == 4 for r in records)  # --beam-size grew to 4
+    assert all(r["captions"][0] == r["caption"] for r in records)
+
+
+def test_sampling_flags_are_seeded_and_match_the_api(model_dir, tmp_path, capsys) -> None:
+    paths = [str(p) for p in save_images(tmp_path, 3, size=40)]
+    flags = ["--sample", "--n-best", "2", "--temperature", "1.5", "--top-k", "8", "--top-p", "0.95"]
+    flags += ["--batch-size", "2", "--json", "--model", str(model_dir)]
+
+    def run(seed: int) -> list[list[str]]:
+        assert main(["caption", *paths, *flags, "--seed", str(seed)]) == 0
+        return [r["captions"] for r in _json_lines(capsys.readouterr().out)]
+
+    first = run(7)
+    assert first == run(7) and first != run(8)
+    # Batches draw on from one generator: the same as one API call over all the images.
+    sampling = SamplingConfig(n=2, temperature=1.5, top_k=8, top_p=0.95)
+    captions = Captioner.from_pretrained(model_dir)(paths, sampling=sampling, seed=7, batch_size=2)
+    assert first == [[c.text for c in [r, *r.alternatives]] for r in captions]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "2"], "--temperature: only with --sample"),
+        (["--top-k", "3", "--seed", "1"], "--top-k, --seed: only with --sample"),
+        (["--sample", "--beam-size", "2"], "--beam-size is for beam search"),
+        (["--n-best", "4", "--beam-size", "2"], "--n-best 4 is more than --beam-size 2"),
+        (["--out", "preds.json"], "--out: only with --dataset"),
+        (["--allow-outside-root"], "--allow-outside-root: only with --dataset"),
+    ],
+)
+def test_flags_that_do_not_fit_together_exit_2(model_dir, tmp_path, capsys, flags, message):
+    image = str(save_images(tmp_path, 1)[0])
+    rc = main(["caption", image, "--model", str(model_dir), *flags])
+    out = capsys.readouterr()
+    assert rc == 2 and out.out == ""
+    assert out.err.count("\n") == 1 and message in out.err
+
+
+# --------------------------------------------------------------------------- --dataset, --out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A scenes world of 20 images (2 val, 2 test); returns its dataset.json."""
+    return generate_world(tmp_path_factory.mktemp("world"), 20, seed=0, image_size=48)
+
+
+def test_dataset_split_to_predictions_that_evaluate_reads(model_dir, world, tmp_path, capsys):
+    out = tmp_path / "preds.json"
+    model = ["--model", str(model_dir)]
+    rc = main(["caption", "--dataset", str(world.parent), "--out", str(out), "--json", *model])
+    records = _json_lines(capsys.readouterr().out)
+    corpus = load_corpus(world)
+    test = corpus.split("test")
+    assert rc == 0
+    assert [r["image_id"] for r in records] == [r.image_id for r in test]
+    assert [r["image"] for r in records] == [str(corpus.image_path(r)) for r in test]
+    assert load_predictions(out) == {r["image_id"]: r["caption"] for r in records}
+    evaluation = evaluate(EvaluationConfig(predictions=[out], dataset=world, metrics=["BLEU-4"]))
+    assert 0.0 <= evaluation.result.systems["preds"]["BLEU-4"] <= 1.0
+    rc = main(["caption", "--dataset", str(world), "--split", "val", "--out", str(out), *model])
+    assert rc == 0 and set(load_predictions(out)) == {r.image_id for r in corpus.split("val")}
+
+
+def test_given_paths_carry_the_dataset_image_ids(model_dir, world, tmp_path, capsys) -> None:
+    record = load_corpus(world).split("test")[0]
+    spelled = str(world.parent / "images" / ".." / "images" / Path(record.path).name)
+    stranger = str(save_images(tmp_path, 1)[0])
+    out = tmp_path / "preds.json"
+    flags = ["--dataset", str(world), "--json", "--out", str(out), "--model", str(model_dir)]
+    rc = main(["caption", spelled, stranger, *flags])
+    captured = capsys.readouterr()
+    records = _json_lines(captured.out)
+    assert rc == 0
+    assert records[0]["image_id"] == record.image_id and "image_id" not in records[1]
+    assert load_predictions(out) == {record.image_id: records[0]["caption"]}
+    assert "1 of the 2 images are not in" in captured.err
+
+
+def test_dataset_images_must_stay_inside_the_root(model_dir, world, tmp_path, capsys) -> None:
+    data = json.loads(world.read_text())
+    entry = next(e for e in data["images"] if e["split"] == "test")
+    source = world.parent / entry["filepath"] / entry["filename"]
+    (tmp_path / "outside.png").write_bytes(source.read_bytes())
+    entry["filepath"], entry["filename"] = "", "../outside.png"  # beside the planted folder
+    planted = tmp_path / "planted" / "dataset.json"
+    planted.parent.mkdir()
+    planted.write_text(json.dumps(data))
+    (planted.parent / "images").symlink_to(world.parent / "images")
+    out = tmp_path / "preds.json"
+    flags = ["--dataset", str(planted), "--out", str(out), "--model", str(model_dir)]
+    rc = main(["caption", *flags])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and not out.exists()  # refused before captioning
+    assert captured.err.count("\n") == 1 and "--allow-outside-root" in captured.err
+    assert main(["caption", *flags, "--allow-outside-root"]) == 0
+    assert len(load_predictions(out)) == 2
+
+
+def test_dataset_inputs_that_do_not_fit_exit_2(model_dir, world, tmp_path, capsys) -> None:
+    before = world.read_text()
+    for flags, message in [
+        (["--out", str(world)], "is an input"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--split", "dev"], "unknown split 'dev'"),
+        (["--split", "restval"], "the restval split is empty"),
+    ]:
+        rc = main(["caption", "--dataset", str(world), "--model", str(model_dir), *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and message in err, flags
+    assert world.read_text() == before
+    rc = main(["caption", "--dataset", str(tmp_path / "nowhere"), "--model", str(model_dir)])
+    assert rc == 2 and "nowhere" in capsys.readouterr().err

@@ -5,6 +5,14 @@ A saved captioner is a folder: `config.json` (`{"format": 2, "model": ModelConfi
 `vocab.json`, and for a Hugging Face backbone `backbone/` (its config and image processor, so
 the model rebuilds offline). Folders of format 1 (before the typed config layer; no `format`
 key) still load. The CLI, trainer and reproduce pipeline all go through this class.
+
+Captioning works as a Hugging Face pipeline does:
+
+    captioner = Captioner.from_pretrained().to("cuda")
+    captioner("photo.png")                        # one Caption
+    captioner(["a.png", pil_image], beam_size=5)  # a list of Captions, in order
+    captioner(images, decoding=DecodingConfig(beam_size=5, n_best=3))  # + caption.alternatives
+    captioner(images, sampling=SamplingConfig(n=4, top_p=0.9), seed=0)  # reproducible samples
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 from PIL import Image
@@ -24,8 +33,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from finecap.config import ConfigError
+from finecap.data.images import load_image, to_rgb
 from finecap.data.vocab import SPECIALS, Vocab
-from finecap.decoding import Decoded, DecodingConfig, decode
+from finecap.decoding import Decoded, DecodingConfig, SamplingConfig, decode, sample
 from finecap.errors import MissingFileError, UserError
 from finecap.io import FOLDER_MODE
 from finecap.models import CaptionModel, ModelConfig
@@ -35,19 +45,34 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 BACKBONE_DIR = "backbone"
 FORMAT = 2  # config.json layout; 1 = before the typed config layer (no "format" key)
+DEFAULT_BEAM_SIZE = 3
+
+ImageInput: TypeAlias = str | os.PathLike | Image.Image
+"""What `Captioner.caption` takes for one image: a file path or a PIL image."""
 
 
 class ModelFolderError(UserError, ValueError):
     """A captioner folder whose files are unreadable or do not fit together."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Caption:
+    """One image's caption. With several captions per image (`DecodingConfig(n_best=...)`, or
+    `SamplingConfig(n=...)`) this is the best-scored one and `alternatives` holds the others,
+    best first: `[caption, *caption.alternatives]` is the image's whole ranked list."""
+
     text: str
     words: list[str]
-    score: float
+    score: float  # sum of the words' log-probabilities (beam search: length-penalised)
     attention: Tensor | None = None  # (len(words) + 1, R): one map per word and for <eos>
     grid: tuple[int, int] | None = None  # (rows, cols) of the region grid, for plotting
+    alternatives: list[Caption] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        # The attention tensor's shape, not its values: a list of captions stays readable.
+        attention = None if self.attention is None else tuple(self.attention.shape)
+        more = f", alternatives={len(self.alternatives)}" if self.alternatives else ""
+        return f"Caption({self.text!r}, score={self.score:.3f}, attention={attention}{more})"
 
 
 class Captioner:
@@ -141,49 +166,132 @@ class Captioner:
             if stray.is_dir() and ours.fullmatch(stray.name):
                 shutil.rmtree(stray, ignore_errors=True)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Captioner:
+        """Move the model to `device` ("cuda", "cpu", ...); returns the captioner itself."""
+        self.model.to(device)
+        return self
+
     @torch.inference_mode()
     def caption(
         self,
-        images: Sequence[Image.Image],
-        beam_size: int = 3,
+        images: ImageInput | Sequence[ImageInput],
+        beam_size: int | None = None,
         decoding: DecodingConfig | None = None,
         batch_size: int = 32,
         with_attention: bool = False,
-    ) -> list[Caption]:
-        """Caption RGB PIL images (open files with `finecap.data.images.load_image`)."""
-        decoding = decoding or DecodingConfig(beam_size=beam_size)
-        if decoding.max_len > self.config.decoder.max_len:
-            # The model never saw longer captions (and the transformer has no positions for them).
-            decoding = decoding.replace(max_len=self.config.decoder.max_len)
+        *,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Caption | list[Caption]:
+        """Caption one image (a `Caption`) or a list of them (a list, in order).
+
+        An image is a path, opened with `finecap.data.images.load_image` (as `finecap caption`
+        opens it), or a PIL image, converted to RGB by the same rules (transparency on white).
+
+        Beam search by default (`beam_size`, default 3; 1 = greedy); `decoding` sets every
+        option, and a `beam_size` given beside it overrides its beam_size (as keyword arguments
+        override a Hugging Face generation config). `DecodingConfig(n_best=k)` keeps k
+        captions per image: the best is returned, the others are in `Caption.alternatives`.
+
+        `sampling` samples `sampling.n` captions per image instead (ranked as n-best are, by
+        log-probability). `seed` makes it reproducible: the same seed, images and batch_size
+        give the same captions; `generator` continues a `torch.Generator`'s stream instead
+        (what `finecap caption` does across its batches); neither: torch's global RNG.
+        """
+        single = isinstance(images, str | os.PathLike | Image.Image)
+        items = [images] if single else list(images)
+        settings = self._settings(beam_size, decoding, sampling, seed, generator)
+        if seed is not None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+        per_image = settings.n if isinstance(settings, SamplingConfig) else settings.n_best
         self.model.eval()
         results: list[Caption] = []
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start : start + batch_size])
-            pixels = self.model.encoder.preprocess(chunk)
+        for start in range(0, len(items), batch_size):
+            # Files are opened a batch at a time: a long list of paths never sits in memory.
+            chunk = [_rgb(item) for item in items[start : start + batch_size]]
+            pixels = self.model.encoder.preprocess(chunk).to(self.device)
             enc = self.model.encode(pixels)
-            decoded = decode(self.model.decoder, enc, decoding, keep_attention=with_attention)
-            results += self._to_captions(decoded, decoding.n_best, enc.regions.shape[1])
-        return results
+            if isinstance(settings, SamplingConfig):
+                decoded = sample(self.model.decoder, enc, settings, generator, with_attention)
+            else:
+                decoded = decode(self.model.decoder, enc, settings, keep_attention=with_attention)
+            results += self._to_captions(decoded, per_image, enc.regions.shape[1])
+        return results[0] if single else results
 
-    def _to_captions(self, decoded: Decoded, n_best: int, regions: int) -> list[Caption]:
+    __call__ = caption  # `captioner(images, ...)`, as a Hugging Face pipeline is called
+
+    def _settings(
+        self,
+        beam_size: int | None,
+        decoding: DecodingConfig | None,
+        sampling: SamplingConfig | None,
+        seed: int | None,
+        generator: torch.Generator | None,
+    ) -> DecodingConfig | SamplingConfig:
+        """`caption`'s decoding arguments as one checked config; conflicts are a ValueError."""
+        # The model never saw longer captions (and the transformer has no positions for them).
+        limit = self.config.decoder.max_len
+        if sampling is not None:
+            if beam_size is not None or decoding is not None:
+                raise ValueError("sampling= cannot be combined with beam_size= or decoding=")
+            if seed is not None and generator is not None:
+                raise ValueError("give seed= or generator=, not both")
+            return sampling.replace(max_len=min(sampling.max_len, limit))
+        if seed is not None or generator is not None:
+            raise ValueError(
+                "seed= and generator= only apply with sampling= (beam search is exact)"
+            )
+        if decoding is None:
+            decoding = DecodingConfig(
+                beam_size=DEFAULT_BEAM_SIZE if beam_size is None else beam_size
+            )
+        elif beam_size is not None and beam_size != decoding.beam_size:
+            decoding = decoding.replace(beam_size=beam_size)  # may refuse: n_best > beam_size
+        return decoding.replace(max_len=min(decoding.max_len, limit))
+
+    def _to_captions(self, decoded: Decoded, per_image: int, regions: int) -> list[Caption]:
+        """One Caption per image from rows [i * per_image, (i + 1) * per_image) of `decoded`."""
         side = int(round(regions**0.5))
         grid = (side, side) if side * side == regions else None
         out = []
-        for i in range(0, decoded.tokens.shape[0], n_best):  # the best of each image's n-best
-            ids = decoded.tokens[i].tolist()
-            text = self.vocab.decode(ids)
-            words = text.split()
-            attention = None
-            if decoded.attention is not None:
-                # The steps that wrote the caption's words, then its <eos>; decode() drops
-                # specials (<unk>, a stray <pad>), so word k is not always step k.
-                end = ids.index(Vocab.eos_id) + 1 if Vocab.eos_id in ids else len(ids)
-                steps = [
-                    t for t, w in enumerate(ids[:end]) if w >= len(SPECIALS) or w == Vocab.eos_id
-                ]
-                attention = decoded.attention[i, steps].float().cpu()
-            out.append(Caption(text, words, float(decoded.scores[i]), attention, grid))
+        for first in range(0, decoded.tokens.shape[0], per_image):
+            rows = range(first, first + per_image)
+            # Beams come best first already; samples come in drawing order. A stable sort
+            # ranks both the same way and leaves the beams' order (ties included) alone.
+            rows = sorted(rows, key=lambda row: -float(decoded.scores[row]))
+            best, *others = (self._caption_at(decoded, row, grid) for row in rows)
+            best.alternatives = others
+            out.append(best)
         return out
+
+    def _caption_at(self, decoded: Decoded, row: int, grid: tuple[int, int] | None) -> Caption:
+        ids = decoded.tokens[row].tolist()
+        text = self.vocab.decode(ids)
+        attention = None
+        if decoded.attention is not None:
+            # The steps that wrote the caption's words, then its <eos>; decode() drops
+            # specials (<unk>, a stray <pad>), so word k is not always step k.
+            end = ids.index(Vocab.eos_id) + 1 if Vocab.eos_id in ids else len(ids)
+            steps = [t for t, w in enumerate(ids[:end]) if w >= len(SPECIALS) or w == Vocab.eos_id]
+            attention = decoded.attention[row, steps].float().cpu()
+        return Caption(text, text.split(), float(decoded.scores[row]), attention, grid)
+
+
+def _rgb(image: ImageInput) -> Image.Image:
+    """A path through the hardened loader, a PIL image through the same RGB conversion (so
+    a transparent PNG captions alike whether the file or the opened image is given)."""
+    if isinstance(image, Image.Image):
+        # load_image's own conversion (transparency on white, 16-bit grey scaled), not
+        # PIL's convert("RGB"), which would show the colours hidden under transparent pixels.
+        return image if image.mode == "RGB" else to_rgb("image", image)
+    if isinstance(image, str | os.PathLike):
+        return load_image(image)
+    raise TypeError(f"expected a path or a PIL image, got {type(image).__name__}")
 
 
 def read_model_config(path: Path) -> ModelConfig:

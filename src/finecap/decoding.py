@@ -141,6 +141,7 @@ def sample(
     enc: EncoderOutput,
     config: SamplingConfig,
     generator: torch.Generator | None = None,
+    keep_attention: bool = False,
 ) -> Decoded:
     """config.n captions per image, images' samples adjacent: row i*n + j is sample j of image i.
 
@@ -152,7 +153,7 @@ def sample(
         probs = _filter_logits(logits.detach(), config).softmax(-1)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-    return _left_to_right(decoder, enc, config.max_len, choose, False, group=config.n)
+    return _left_to_right(decoder, enc, config.max_len, choose, keep_attention, group=config.n)
 
 
 def _length_penalty(lengths: Tensor, alpha: float) -> Tensor:

@@ -4,17 +4,26 @@ Every file is opened with the hardened `load_image`; a file that cannot be read 
 empty, corrupt, truncated, not an image, too large) gets an error line naming it and the
 others are still captioned. Good images are captioned together in batches of --batch-size
 (batched beam search is several times faster per image than one at a time), while memory stays
-bounded by one batch of decoded images. Lines come out in input order, one per file.
+bounded by one batch of decoded images. Lines come out in input order, one per file (or
+--n-best lines per file, best first).
+
+`--dataset D` captions a split of D instead (`--split`, default test; images through
+`CaptionCorpus.image_path`, so they stay inside the image root unless --allow-outside-root),
+and `--out` writes the COCO results file `finecap evaluate --predictions` reads. With image
+paths as well, D only names the images: their --json lines carry D's `image_id`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import tyro
 from PIL import Image
 from pydantic import Field
@@ -22,28 +31,54 @@ from tqdm import tqdm
 from tyro.conf import Positional
 
 from finecap.attention_maps import figure_names, save_attention_figure
-from finecap.captioner import DEFAULT_MODEL_DIR, Caption, Captioner
-from finecap.config import PositiveInt, Settings
+from finecap.captioner import DEFAULT_BEAM_SIZE, DEFAULT_MODEL_DIR, Caption, Captioner
+from finecap.config import NonNegativeInt, PositiveFloat, PositiveInt, Settings
+from finecap.data.formats import (
+    CaptionCorpus,
+    OutsideRootError,
+    dataset_files,
+    load_corpus,
+    save_predictions,
+)
 from finecap.data.images import ImageLoadError, iter_image_files, load_image
-from finecap.decoding import DecodingConfig
+from finecap.decoding import DecodingConfig, SamplingConfig
+from finecap.errors import UserError
 from finecap.hub import WeightsNotFoundError
+from finecap.io import same_file
 
 PROG = "finecap caption"
 PROGRESS_MIN_IMAGES = 8  # a bar for a handful of images is noise
 
 
 class CaptionOptions(Settings):
-    """Caption images (folders give their image files). Prints PATH<TAB>caption per image (in
-    PATH, a backslash, tab, newline or other unprintable character is written as a Python
-    escape: \\\\, \\t, \\n, \\xff for a byte that is not UTF-8), or one JSON object per line
-    with --json; unreadable files get an error line and make the exit status 1."""
+    """Caption images (folders give their image files), or a dataset split with --dataset.
+    Prints PATH<TAB>caption per image (in PATH, a backslash, tab, newline or other
+    unprintable character is written as a Python escape: \\\\, \\t, \\n, \\xff for a byte that
+    is not UTF-8), --n-best lines per image best first, or one JSON object per line with
+    --json ("captions": the n-best list; "image_id" for an image of --dataset); unreadable
+    files get an error line and make the exit status 1. --out writes the COCO results file
+    that `finecap evaluate --predictions` reads."""
 
-    paths: Positional[list[str]] = Field(min_length=1)
-    """Image files or folders."""
+    paths: Positional[Annotated[list[str], tyro.conf.arg(metavar="[PATH ...]")]] = Field(
+        default_factory=list
+    )
+    """Image files or folders (none with --dataset: its --split is captioned)."""
     model: str | None = None
     """Saved captioner folder (default: the bundled scenes model)."""
-    beam_size: PositiveInt = 3
-    """Beams per image; 1 = greedy."""
+    beam_size: PositiveInt | None = None
+    """Beams per image; 1 = greedy (default: 3, or --n-best if larger; not with --sample)."""
+    n_best: PositiveInt = 1
+    """Captions per image, best first: the n best beams, or n samples with --sample."""
+    sample: bool = False
+    """Sample captions instead of beam search (--temperature, --top-k, --top-p, --seed)."""
+    temperature: PositiveFloat | None = None
+    """Sampling temperature (default 1)."""
+    top_k: NonNegativeInt | None = None
+    """Sample among the k most likely words only (default 0 = all)."""
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Nucleus sampling: among the most likely words holding this much probability (default 1)."""
+    seed: int | None = None
+    """Makes --sample reproducible for the same images and --batch-size (default: random)."""
     max_len: PositiveInt = 20
     """Most words per caption, capped at the model's own limit."""
     batch_size: PositiveInt = 32
@@ -51,15 +86,30 @@ class CaptionOptions(Settings):
     as_json: Annotated[bool, tyro.conf.arg(name="json")] = False
     """One JSON object per line."""
     attention: str | None = None
-    """Write DIR/<image stem>.png: where the decoder looked for each word."""
+    """Write DIR/<image stem>.png: where the decoder looked for each word (best caption)."""
+    dataset: str | None = None
+    """A dataset (dataset.json, its folder, or any finecap format): caption its --split."""
+    split: str = "test"
+    """The split of --dataset to caption (when no PATH is given)."""
+    images: str | None = None
+    """Image root of --dataset (default: the dataset's folder)."""
+    allow_outside_root: bool = False
+    """Read --dataset image paths leading outside the image root (absolute, `..`, a symlink)."""
+    out: str | None = None
+    """Write the captions of --dataset's images here as COCO results JSON (image_id, caption)."""
     progress: bool = True
     """Show a progress bar (from 8 images on)."""
+
+
+class CaptionInputError(UserError, ValueError):
+    """Options or inputs of `finecap caption` that do not fit together."""
 
 
 @dataclass
 class _Item:
     path: str  # exactly as given, or as listed from a given folder
     figure: str  # attention PNG file name, unique among the run's images
+    image_id: int | None = None  # the --dataset image this file is, if any
     image: Image.Image | None = None
     error: str | None = None
 
@@ -84,19 +134,26 @@ def _load_captioner(model: str | None) -> Captioner:
 
 
 def handler(args: CaptionOptions) -> int:
+    # Everything that can be refused is, before the model loads and anything is captioned.
+    settings = _decoding_settings(args)
+    corpus = _load_dataset(args)
+    items = _items(args, corpus)
+    if args.out is not None:
+        _check_out(Path(args.out), args.dataset, items)
     try:
-        decoding = DecodingConfig(beam_size=args.beam_size, max_len=args.max_len)
         captioner = _load_captioner(args.model)
     except ValueError as err:
         return _usage_error(str(err))
-    for given in args.paths:
-        if Path(given).is_dir() and not iter_image_files([given]):
-            print(f"{PROG}: {given}: no image files in this folder", file=sys.stderr)
-    files = iter_image_files(args.paths)
-    if not files:
-        return _usage_error("no images to caption")
-    items = [_Item(path, name) for path, name in zip(files, figure_names(files), strict=True)]
-
+    if not items:
+        hint = "" if args.paths else " (give image files or folders, or --dataset)"
+        return _usage_error(f"no images to caption{hint}")
+    generator = None
+    if isinstance(settings, SamplingConfig):
+        # One generator for the whole run: each batch draws on from where the last stopped,
+        # as `Captioner.caption(all images, seed=...)` would, instead of repeating its noise.
+        seed = args.seed if args.seed is not None else secrets.randbits(63)
+        generator = torch.Generator(captioner.device).manual_seed(seed)
+    predictions: dict[int, str] = {}
     failed = False
     bar = tqdm(
         total=len(items),
@@ -107,24 +164,127 @@ def handler(args: CaptionOptions) -> int:
     with bar:
         for window in _windows(items, args.batch_size):
             images = [item.image for item in window if item.image is not None]
+            options = {"decoding": settings} if generator is None else {"sampling": settings}
             captions = iter(
                 captioner.caption(
                     images,
-                    decoding=decoding,
                     batch_size=args.batch_size,
                     with_attention=args.attention is not None,
+                    generator=generator,
+                    **options,
                 )
             )
             for item in window:
                 caption = next(captions) if item.image is not None else None
                 if caption is not None and args.attention is not None:
                     _write_figure(item, caption, Path(args.attention))
+                if caption is not None and item.image_id is not None:
+                    predictions[item.image_id] = caption.text
                 failed |= item.error is not None
                 _report(item, caption, args.as_json)
                 item.image = None  # free the decoded pixels as soon as they are used
             sys.stdout.flush()
             bar.update(len(window))
+    if args.out is not None:
+        _write_predictions(Path(args.out), predictions, items, args.dataset)
     return 1 if failed else 0
+
+
+def _decoding_settings(args: CaptionOptions) -> DecodingConfig | SamplingConfig:
+    """Beam search or sampling settings from the flags; flags of the other kind are refused
+    rather than ignored."""
+    knobs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if args.sample:
+        if args.beam_size is not None:
+            raise CaptionInputError(
+                "--beam-size is for beam search; --sample draws --n-best captions per image"
+            )
+        given = {key: value for key, value in knobs.items() if value is not None}
+        return SamplingConfig(n=args.n_best, max_len=args.max_len, **given)
+    given = [f"--{key.replace('_', '-')}" for key, value in knobs.items() if value is not None]
+    given += ["--seed"] if args.seed is not None else []
+    if given:
+        raise CaptionInputError(f"{', '.join(given)}: only with --sample")
+    beam_size = args.beam_size or max(DEFAULT_BEAM_SIZE, args.n_best)
+    if args.n_best > beam_size:
+        raise CaptionInputError(
+            f"--n-best {args.n_best} is more than --beam-size {beam_size}: beam search keeps "
+            "at most one caption per beam"
+        )
+    return DecodingConfig(beam_size=beam_size, max_len=args.max_len, n_best=args.n_best)
+
+
+def _load_dataset(args: CaptionOptions) -> CaptionCorpus | None:
+    if args.dataset is None:
+        needs = [f"--{flag}" for flag in ("out", "images") if getattr(args, flag) is not None]
+        needs += ["--allow-outside-root"] if args.allow_outside_root else []
+        if needs:
+            raise CaptionInputError(f"{', '.join(needs)}: only with --dataset")
+        return None
+    return load_corpus(  # a missing or malformed file: a UserError naming it
+        args.dataset, image_root=args.images, allow_outside_root=args.allow_outside_root
+    )
+
+
+def _items(args: CaptionOptions, corpus: CaptionCorpus | None) -> list[_Item]:
+    """What to caption: the given paths (tagged with --dataset's image ids where they are
+    its images), or else the --split of --dataset."""
+    if args.paths or corpus is None:
+        for given in args.paths:
+            if Path(given).is_dir() and not iter_image_files([given]):
+                print(f"{PROG}: {given}: no image files in this folder", file=sys.stderr)
+        files = iter_image_files(args.paths)
+        ids = _ids_by_file(corpus) if corpus is not None else {}
+        found = [ids.get(os.path.realpath(path)) for path in files]
+    else:
+        try:
+            records = corpus.split(args.split)
+        except ValueError as err:  # an unknown split name
+            raise CaptionInputError(f"--split: {err}") from None
+        if not records:
+            present = ", ".join(sorted({r.split for r in corpus.images}))
+            raise CaptionInputError(
+                f"{args.dataset}: the {args.split} split is empty (splits: {present})"
+            )
+        # Every path is checked before anything is captioned: one outside the root fails now.
+        files = [str(corpus.image_path(record)) for record in records]
+        found = [record.image_id for record in records]
+    names = figure_names(files)
+    return [_Item(path, name, id_) for path, name, id_ in zip(files, names, found, strict=True)]
+
+
+def _ids_by_file(corpus: CaptionCorpus) -> dict[str, int]:
+    """{real path of the image file: image_id} over every split of the dataset."""
+    ids: dict[str, int] = {}
+    for record in corpus.images:
+        try:
+            path = corpus.image_path(record)
+        except OutsideRootError:
+            continue  # a path the dataset may not make us read is nobody's image here
+        ids.setdefault(os.path.realpath(path), record.image_id)
+    return ids
+
+
+def _check_out(out: Path, dataset: str, items: list[_Item]) -> None:
+    """Refuse, before anything is captioned, an --out that is a folder or an input."""
+    if out.is_dir():
+        raise CaptionInputError(f"--out {out}: is a folder; name the file to write")
+    inputs = [*dataset_files(dataset), *(Path(item.path) for item in items)]
+    clash = next((path for path in inputs if same_file(out, path)), None)
+    if clash is not None:
+        raise CaptionInputError(f"--out {out}: is an input ({clash}) and would be overwritten")
+
+
+def _write_predictions(
+    out: Path, predictions: dict[int, str], items: list[_Item], dataset: str
+) -> None:
+    others = sum(item.image_id is None for item in items)
+    if others:
+        print(
+            f"{PROG}: {others} of the {len(items)} images are not in {dataset}: left out of {out}",
+            file=sys.stderr,
+        )
+    save_predictions(out, predictions)  # atomic: a reader never sees half a file
 
 
 def _windows(items: list[_Item], batch_size: int):
@@ -173,16 +333,21 @@ def escape_path(path: str) -> str:
 
 def _report(item: _Item, caption: Caption | None, as_json: bool) -> None:
     """One stdout line per image; errors go to stdout with --json (in order), else stderr."""
+    ranked = [] if caption is None else [caption, *caption.alternatives]
     if as_json:
-        record = {"image": item.path}
+        record: dict = {"image": item.path}
+        if item.image_id is not None:
+            record["image_id"] = item.image_id
         if caption is not None:
             record["caption"] = caption.text
+            if caption.alternatives:  # --n-best above 1
+                record["captions"] = [c.text for c in ranked]
         if item.error is not None:
             record["error"] = item.error
         tqdm.write(json.dumps(record), file=sys.stdout)
         return
-    if caption is not None:
-        tqdm.write(f"{escape_path(item.path)}\t{caption.text}", file=sys.stdout)
+    for each in ranked:  # --n-best lines, each still exactly PATH<TAB>caption
+        tqdm.write(f"{escape_path(item.path)}\t{each.text}", file=sys.stdout)
     if item.error is not None:
         tqdm.write(f"{PROG}: {item.error}", file=sys.stderr)
 

@@ -47,7 +47,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     """Open `path` as an RGB image, fully decoded, or raise `ImageLoadError`."""
     with _opened(path, max_pixels) as img:
         _decode(path, img.load)  # a full decode now: truncation shows up here, not later
-        return _to_rgb(path, _apply_exif_orientation(img))
+        return to_rgb(path, _apply_exif_orientation(img))
 
 
 def check_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
@@ -168,7 +168,7 @@ def _apply_exif_orientation(img: Image.Image) -> Image.Image:
         return img.copy()
 
 
-def _to_rgb(path: str | os.PathLike, img: Image.Image) -> Image.Image:
+def to_rgb(path: str | os.PathLike, img: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB."""
     try:
         if img.mode in _WIDE_GREY_MODES:
