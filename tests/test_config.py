@@ -316,3 +316,13 @@ def test_broken_model_folders_are_one_message(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="not a model config finecap can read"):
         Captioner.from_pretrained(folder)
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"finecap {version('finecap')}"
+    assert main(["--help"]) == 0
+    assert "recipes" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2

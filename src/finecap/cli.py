@@ -69,7 +69,10 @@ TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
 
 def _overview(prog: str, entries: dict[str, str]) -> str:
     width = max(map(len, entries)) + 2
-    lines = [f"usage: {prog} COMMAND [OPTIONS]   ({prog} COMMAND --help for its options)", ""]
+    lines = [f"usage: {prog} COMMAND [OPTIONS]   ({prog} COMMAND --help for its options)"]
+    if prog == "finecap":
+        lines.append("       finecap --version")
+    lines.append("")
     lines += [f"  {name:<{width}}{text}" for name, text in entries.items()]
     return "\n".join(lines)
 
@@ -77,6 +80,11 @@ def _overview(prog: str, entries: dict[str, str]) -> str:
 def _words(argv: list[str]) -> tuple[str, str, list[str]] | int:
     """(command, subcommand or "", the rest of argv), or an exit status after printing help."""
     commands = {name: text for name, (_, text, _) in TABLE.items()}
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import version
+
+        print(f"finecap {version('finecap')}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(_overview("finecap", commands), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
@@ -134,23 +142,28 @@ def _stdout_reader_gone() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from finecap.errors import UserError
-
-    parsed = parse(list(sys.argv[1:] if argv is None else argv))
-    if isinstance(parsed, int):
-        return parsed
-    prog, options, handler = parsed
     try:
-        status = int(handler(options) or 0)
+        status = _run(list(sys.argv[1:] if argv is None else argv))
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
         return status
-    except BrokenPipeError:
+    except BrokenPipeError:  # `finecap caption ... | head -1`, `finecap --help | head`
         if not _stdout_reader_gone():
             raise  # some other pipe (a subprocess): a bug to see, not a reader that left
         # Send what is still buffered to devnull, so the flush at exit does not fail again.
         with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _run(argv: list[str]) -> int:
+    from finecap.errors import UserError
+
+    parsed = parse(argv)
+    if isinstance(parsed, int):
+        return parsed
+    prog, options, handler = parsed
+    try:
+        return int(handler(options) or 0)
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
