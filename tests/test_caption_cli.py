@@ -30,14 +30,6 @@ from finecap.scenes import generate_world
 from helpers.tiny_captioners import make_talkative, make_tiny_captioner, save_images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "tiny"

@@ -21,14 +21,6 @@ from helpers.tiny_captioners import make_talkative, make_tiny_captioner, save_im
 SAMPLING = SamplingConfig(n=3, temperature=1.5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "tiny"

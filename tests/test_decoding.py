@@ -24,15 +24,6 @@ EOS, PAD = Vocab.eos_id, Vocab.pad_id
 DECODERS = list_decoders()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and far faster on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model_and_features(decoder: str, n: int = 3, seed: int = 0):
     model = make_tiny_captioner(decoder, seed=seed).model
     with torch.no_grad():

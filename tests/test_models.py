@@ -30,15 +30,6 @@ ENCODERS = list_encoders()
 DECODERS = list_decoders()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and far faster on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mle_loss(model: CaptionModel, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Cross-entropy of random captions (with padding) + the decoder's regulariser."""
     gen = torch.Generator().manual_seed(seed)
