@@ -27,7 +27,10 @@ class WeightsNotFoundError(UserError, RuntimeError):
 
 @functools.cache
 def hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether a TCP connection to the Hugging Face hub's host opens (checked once)."""
+    """Whether a TCP connection to the Hugging Face hub's host opens (checked once). Behind a
+    proxy a direct connection proves nothing, so the hub counts as reachable then."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
     try:

@@ -64,7 +64,8 @@ class UnsafeCheckpointError(UserError, RuntimeError):
 
 
 def checkpoint_position(path: Path) -> tuple[int, int]:
-    """(global step, epoch) at which a checkpoint was saved."""
+    """(global step, epoch) at which a checkpoint was saved (for tools and tests; a resuming
+    run reports its position from the restored trainer instead of reading the file twice)."""
     state = load_checkpoint(path)
     return int(state.get("global_step", 0)), int(state.get("epoch", 0))
 
@@ -79,6 +80,14 @@ class LastCheckpoint(L.Callback):
         self.path = Path(dirpath) / LAST
         self.every_n_steps, self.every_seconds = every_n_steps, every_minutes * 60
         self._last_time = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path:  # restored already: say where the run goes on from
+            print(
+                f"resuming from step {trainer.global_step} (epoch {trainer.current_epoch}): "
+                f"{trainer.ckpt_path}",
+                flush=True,
+            )
 
     def save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume

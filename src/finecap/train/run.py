@@ -35,7 +35,6 @@ from finecap.train.checkpoints import (
     LAST,
     GracefulStop,
     LastCheckpoint,
-    checkpoint_position,
     load_checkpoint,
 )
 from finecap.train.config import TrainConfig, config_to_yaml
@@ -162,9 +161,6 @@ def _fit(
         config.trainer, config.optim.max_epochs, callbacks, out, config.optim.gradient_clip
     )
     resume = out / "checkpoints" / LAST
-    if resume.exists():
-        step, epoch = checkpoint_position(resume)
-        print(f"resuming from step {step} (epoch {epoch}): {resume}", flush=True)
     with warnings.catch_warnings():
         for noise in QUIET:
             warnings.filterwarnings("ignore", message=noise)
