@@ -38,18 +38,25 @@ TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
     "recipes": ("finecap.commands.train", "list the shipped training recipes", None),
     "evaluate": (
         "finecap.commands.evaluate",
-        "score captions: n-gram, CLIP-S, retrieval, FineCapEval, BERTScore, diversity",
+        "score captions: n-gram, CLIP-S, retrieval, FineCapEval, scene facts, BERTScore, ...",
         None,
     ),
     "pairwise": (
         "finecap.commands.pairwise",
         "human A/B comparison of two systems",
-        {"make": "write the blind comparison page", "tally": "win/lose/tie from judgments"},
+        {
+            "make": "write the blind comparison page",
+            "tally": "win/lose/tie from judgments",
+            "judge": "answer a page from the ground-truth scenes (--oracle)",
+        },
     ),
     "clip": (
         "finecap.commands.clip",
-        "train a CLIP for rewards and evaluation",
-        {"train": "train a CLIP (Hugging Face format) on a dataset's descriptions and references"},
+        "train a CLIP for rewards and evaluation; probe what it sees",
+        {
+            "train": "train a CLIP (Hugging Face format) on a dataset's descriptions and references",
+            "probe": "attribute-binding probe: true text vs one fact changed, per kind",
+        },
     ),
     "grammar": (
         "finecap.commands.grammar",

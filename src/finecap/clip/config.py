@@ -9,6 +9,7 @@ from typing import Literal, get_args
 from pydantic import Field, model_validator
 
 from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
+from finecap.scenes.changes import CHANGE_KINDS, ChangeKind
 from finecap.train.settings import LightningConfig
 
 CLIP_PROMPT = "A photo depicts "  # Hessel et al.'s CLIP-S prompt; see ClipTrainConfig.prompt_prob
@@ -64,6 +65,17 @@ class ClipTrainConfig(Settings):
     """Share of the steps spent warming up linearly, then cosine decay to 0."""
     description_prob: Probability = 0.8
     """Chance per image and epoch to train on a detailed description, else a reference."""
+    short_prob: Probability = 0.0
+    """Of the description draws, the share that are the short one-object text instead
+    ("a large red striped circle on grass": caption length, what a CLIP reward scores;
+    `finecap.scenes.changes.short_description`)."""
+    hard_negative_prob: Probability = 0.0
+    """Chance per description draw to add its hard negative to the batch's texts: the same
+    text with one fact changed (NegCLIP, Yuksekgonul et al. 2023; scenes datasets only)."""
+    hard_negative_kinds: list[ChangeKind] = Field(
+        default_factory=lambda: list(CHANGE_KINDS), min_length=1
+    )
+    """Kinds of change the hard negatives draw from (`finecap.scenes.changes`)."""
     prompt_prob: Probability = 0.5
     """Chance to prepend CLIP_PROMPT, so texts with and without it both work."""
     seed: int = 0

@@ -39,6 +39,7 @@ from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig
 from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
 from finecap.data.images import load_image
 from finecap.io import atomic_write_text
+from finecap.scenes.changes import changed_texts, short_description
 from finecap.train.lightning import make_trainer, warmup_cosine_schedule
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -190,11 +191,24 @@ def encode_pixels(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.visual_projection(pooled), dim=-1)
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of matched (image, text) pairs, (B, P) each."""
-    logits = logit_scale.exp().clamp(max=100) * txt @ img.T  # (B_text, B_image)
+def clip_loss(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    logit_scale: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of matched (image, text) pairs, (B, P) each.
+
+    `negatives` (M, P): extra texts that match no image (NegCLIP's hard negatives); they join
+    every image's candidate texts, so image -> text picks among B + M texts.
+    """
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * txt @ img.T  # (B_text, B_image)
     target = torch.arange(len(img), device=img.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    image_to_text = logits.T  # (B_image, B_text)
+    if negatives is not None and len(negatives):
+        image_to_text = torch.cat([image_to_text, scale * img @ negatives.T], dim=1)  # (B, B+M)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(image_to_text, target)) / 2
 
 
 # --------------------------------------------------------------------------- data
@@ -253,7 +267,8 @@ def descriptions_of(record: ImageRecord) -> list[str]:
 
 
 class ImageTextPairs(Dataset):
-    """One (pixels, text) pair per image; the text is re-drawn every epoch (`set_epoch`)."""
+    """One (pixels, text, hard negative) triple per image; the texts are re-drawn every epoch
+    (`set_epoch`). The negative is "" when none was drawn (see `ClipTrainConfig`)."""
 
     def __init__(self, pixels: RecordPixels, records: list[ImageRecord], cfg: ClipTrainConfig):
         self.pixels, self.records, self.cfg = pixels, records, cfg
@@ -265,16 +280,39 @@ class ImageTextPairs(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
         rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
         record = self.records[i]
         descriptions = descriptions_of(record)
         refs = [c for c in record.captions if c]
-        pool = descriptions if descriptions and rng.random() < self.cfg.description_prob else refs
-        text = rng.choice(pool or descriptions)
+        negative = ""
+        if descriptions and (not refs or rng.random() < self.cfg.description_prob):
+            text, negative = self._description(rng, record, descriptions)
+        else:
+            text = rng.choice(refs)
         if rng.random() < self.cfg.prompt_prob:
             text = CLIP_PROMPT + text
-        return self.pixels[i], text
+            negative = CLIP_PROMPT + negative if negative else ""
+        return self.pixels[i], text, negative
+
+    def _description(
+        self, rng: random.Random, record: ImageRecord, descriptions: list[str]
+    ) -> tuple[str, str]:
+        """A detailed (or short) description and, maybe, its one-fact-changed negative."""
+        scene = record.extra.get("scene")
+        register = "short" if scene and rng.random() < self.cfg.short_prob else "description"
+        variant = rng.randrange(len(descriptions))
+        if scene is None or rng.random() >= self.cfg.hard_negative_prob:
+            if register == "short":
+                return short_description(scene), ""
+            return descriptions[variant], ""
+        kinds = list(self.cfg.hard_negative_kinds)
+        rng.shuffle(kinds)
+        for kind in kinds:  # the first kind this scene can take in this register
+            texts = changed_texts(scene, kind, rng, register=register, variant=variant)
+            if texts is not None:
+                return texts
+        return (short_description(scene) if register == "short" else descriptions[variant]), ""
 
 
 class ClipTask(L.LightningModule):
@@ -289,13 +327,18 @@ class ClipTask(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
-    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
-        pixels, texts = batch
+    def training_step(
+        self, batch: tuple[torch.Tensor, list[str], list[str]], batch_idx: int
+    ) -> torch.Tensor:
+        pixels, texts, negatives = batch
+        negatives = [t for t in negatives if t]
         img = encode_pixels(self.model, pixels)  # (B, P)
-        txt = encode_texts(self.model, self.tokenizer, list(texts))  # (B, P)
-        loss = clip_loss(img, txt, self.model.logit_scale)
-        self.log("loss", loss, prog_bar=True, on_epoch=True)
-        self.log("scale", self.model.logit_scale.exp(), prog_bar=True)
+        # Positives and hard negatives through the text tower together: (B + M, P).
+        both = encode_texts(self.model, self.tokenizer, [*texts, *negatives])
+        txt, neg = both[: len(texts)], both[len(texts) :]
+        loss = clip_loss(img, txt, self.model.logit_scale, neg)
+        self.log("loss", loss, prog_bar=True, on_epoch=True, batch_size=len(pixels))
+        self.log("scale", self.model.logit_scale.exp(), prog_bar=True, batch_size=len(pixels))
         return loss
 
     def configure_optimizers(self):

@@ -39,4 +39,39 @@ def run_train(options: ClipTrainOptions) -> int:
     return 0
 
 
-COMMANDS = {"train": (ClipTrainOptions, run_train)}
+class ClipProbeOptions(Settings):
+    """Attribute-binding probe (after ARO / NegCLIP): how often the CLIP prefers an image's
+    true text to the same text with one fact changed (shape, color, size, pattern, background,
+    relation, binding), per kind; chance is 50 %. Scenes datasets give the pairs from their
+    ground truth; other data gives them as --pairs FILE.csv."""
+
+    clip: str
+    """The CLIP to probe: a Hugging Face hub name or a save_pretrained folder."""
+    dataset: str
+    """Dataset file (e.g. the scenes dataset.json)."""
+    split: str = "test"
+    """Split whose images are probed."""
+    pairs: str | None = None
+    """CSV with the columns image,true,changed,kind (image: a file name of the split), instead
+    of pairs from the scenes ground truth."""
+    out: str | None = None
+    """Write the result here as JSON ({"clip", "split", "kinds": {KIND: {"accuracy", "n",
+    "ties"}}, ...})."""
+    batch_size: int = 64
+    """Images or texts encoded together."""
+
+
+def run_probe(options: ClipProbeOptions) -> int:
+    from finecap.clip.probe import format_probe, probe_clip
+    from finecap.io import atomic_write_text
+
+    result = probe_clip(
+        options.clip, options.dataset, options.split, options.pairs, options.batch_size
+    )
+    print(format_probe(result))
+    if options.out:
+        atomic_write_text(options.out, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = {"train": (ClipTrainOptions, run_train), "probe": (ClipProbeOptions, run_probe)}

@@ -1,0 +1,180 @@
+"""One-fact changes of a scene, the attribute-binding probe, and CLIP training's hard negatives."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from finecap.cli import main as cli_main
+from finecap.clip import ClipEmbedder, load_clip
+from finecap.clip.probe import ProbeInputError, ProbePair, csv_pairs, probe, scene_pairs
+from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss
+from finecap.data.formats import load_corpus
+from finecap.scenes import Scene, SceneObject, compute_relations, generate_world
+from finecap.scenes.changes import CHANGE_KINDS, change_scene, changed_texts
+from tests.helpers.tiny_models import make_tiny_clip
+
+
+def two_object_scene() -> Scene:
+    objects = [
+        SceneObject("circle", "red", "large", "striped", (10, 30, 45, 65)),
+        SceneObject("star", "blue", "small", "plain", (60, 35, 78, 53)),
+    ]
+    return Scene("grass", objects, compute_relations(objects, 96))
+
+
+def test_each_kind_changes_exactly_one_fact() -> None:
+    scene = two_object_scene()
+    for seed in range(20):
+        rnd = random.Random(seed)
+        shape = change_scene(scene, "shape", rnd, target=0)
+        assert shape.objects[0].shape != "circle" and shape.objects[1] == scene.objects[1]
+        color = change_scene(scene, "color", rnd, target=1)
+        assert color.objects[1].color != "blue"
+        assert color.objects[1].shape == "star" and color.background == "grass"
+        background = change_scene(scene, "background", rnd)
+        assert background.background != "grass" and background.objects == scene.objects
+    assert change_scene(scene, "size", random.Random(0), target=0).objects[0].size == "small"
+    # The star is right of the circle; reversed, the description says "left of".
+    relation = change_scene(scene, "relation", random.Random(0))
+    assert relation.relation_between(1, 0)[0] == "left of"
+    assert scene.relation_between(1, 0)[0] == "right of"
+    binding = change_scene(scene, "binding", random.Random(0))
+    assert [(o.shape, o.color) for o in binding.objects] == [("circle", "blue"), ("star", "red")]
+    assert scene.objects[0].color == "red"  # the original is untouched
+
+
+def test_shape_and_colour_pairs_stay_unique() -> None:
+    objects = [
+        SceneObject("circle", "red", "large", "plain", (5, 5, 40, 40)),
+        SceneObject("star", "red", "small", "plain", (50, 50, 70, 70)),
+    ]
+    scene = Scene("sand", objects, compute_relations(objects, 96))
+    for seed in range(50):  # the circle may become anything but a second red star
+        changed = change_scene(scene, "shape", random.Random(seed), target=0)
+        assert changed.objects[0].shape not in ("circle", "star")
+    # Same colour, so swapping colours would change nothing: no binding change exists.
+    assert change_scene(scene, "binding", random.Random(0)) is None
+
+
+def test_scenes_that_cannot_take_a_kind_give_none() -> None:
+    lone = Scene("snow", [SceneObject("heart", "red", "large", "dotted", (20, 20, 55, 55))])
+    assert change_scene(lone, "relation", random.Random(0)) is None
+    assert changed_texts(lone, "binding", random.Random(0)) is None
+    assert changed_texts(two_object_scene(), "relation", random.Random(0), "short") is None
+    with pytest.raises(ValueError, match="unknown change kind"):
+        change_scene(lone, "texture", random.Random(0))
+
+
+def test_changed_texts_move_every_mention_together() -> None:
+    true, changed = changed_texts(two_object_scene(), "shape", random.Random(1))
+    assert "red circle" in true and "red circle" not in changed
+    new_shape = changed.split()[4]  # "a large red striped SHAPE and ..."
+    assert changed.endswith(f"of the red {new_shape}.")  # the relation sentence moved too
+    short = changed_texts(two_object_scene(), "color", random.Random(0), register="short")
+    assert short[0] == "a large red striped circle on grass"
+    assert short[1].startswith("a large ") and short[1].endswith(" striped circle on grass")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("world"), n=30, seed=5, image_size=48)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_probe_counts_wins_and_ties(world: Path, tiny_clip: Path) -> None:
+    corpus = load_corpus(world)
+    image = corpus.image_path(corpus.split("test")[0])
+    embedder = ClipEmbedder(load_clip(tiny_clip))
+    img = embedder.embed_image_files([image])[0]
+    texts = ["a red circle", "a blue square", "the dog is on the table", "a cat"]
+    scores = (embedder.embed_texts(texts) @ img).tolist()
+    best, worst = max(range(4), key=scores.__getitem__), min(range(4), key=scores.__getitem__)
+    pairs = [
+        ProbePair(image, texts[best], texts[worst], "shape"),  # a win
+        ProbePair(image, texts[worst], texts[best], "shape"),  # a loss
+        ProbePair(image, texts[best], texts[best], "shape"),  # the same text: a tie
+        ProbePair(image, texts[worst], texts[worst], "color"),  # a tie, not a win
+    ]
+    result = probe(embedder, pairs)
+    assert result == {
+        "shape": {"accuracy": 1 / 3, "n": 3, "ties": 1},
+        "color": {"accuracy": 0.0, "n": 1, "ties": 1},
+    }
+
+
+def test_scene_pairs_cover_every_kind_the_split_has(world: Path) -> None:
+    corpus = load_corpus(world)
+    records = corpus.split("test")
+    pairs = scene_pairs(corpus, records)
+    kinds = {p.kind for p in pairs}
+    assert {"shape", "color", "size", "pattern", "background"} <= kinds <= set(CHANGE_KINDS)
+    assert all(p.true != p.changed for p in pairs)
+    assert scene_pairs(corpus, records) == pairs  # reproducible
+    true_texts = {p.true for p in pairs}
+    assert true_texts <= {r.extra["descriptions"][0] for r in records}
+
+
+def test_probe_cli_writes_the_documented_json(world: Path, tiny_clip: Path, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    args = ["clip", "probe", "--clip", str(tiny_clip), "--dataset", str(world), "--out", str(out)]
+    assert cli_main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["clip"] == str(tiny_clip) and result["split"] == "test"
+    for register in ("kinds", "short_kinds"):
+        for stats in result[register].values():
+            assert set(stats) == {"accuracy", "n", "ties"} and 0 <= stats["accuracy"] <= 1
+    assert result["kinds"]["shape"]["n"] == len(load_corpus(world).split("test"))  # every image
+    assert "| shape |" in capsys.readouterr().out
+
+
+def test_probe_csv_for_other_data(world: Path, tiny_clip: Path, tmp_path: Path, capsys) -> None:
+    corpus = load_corpus(world)
+    name = Path(corpus.split("test")[0].path).name
+    good = tmp_path / "pairs.csv"
+    good.write_text(f"image,true,changed,kind\n{name},a red circle,a red star,shape\n")
+    pairs = csv_pairs(good, corpus, corpus.split("test"))
+    assert pairs[0].kind == "shape" and pairs[0].image == corpus.image_path(corpus.split("test")[0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,true,changed,kind\nnowhere.png,a,b,shape\n")
+    with pytest.raises(ProbeInputError, match=r"bad.csv: row 2: image 'nowhere.png'"):
+        csv_pairs(bad, corpus, corpus.split("test"))
+    args = ["clip", "probe", "--clip", str(tiny_clip), "--dataset", str(world)]
+    assert cli_main([*args, "--pairs", str(bad)]) == 2
+    assert "row 2" in capsys.readouterr().err
+
+
+def test_hard_negatives_join_the_image_to_text_softmax() -> None:
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    txt = torch.nn.functional.normalize(img + 0.1 * torch.randn(4, 8), dim=-1)
+    neg = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    scale = torch.tensor(2.0)
+    # A loop over the definition: text -> image over the images, image -> text over B + M texts.
+    s = scale.exp()
+    t2i = sum(-torch.log_softmax(s * txt[i] @ img.T, 0)[i] for i in range(4)) / 4
+    candidates = torch.cat([txt, neg])
+    i2t = sum(-torch.log_softmax(s * img[i] @ candidates.T, 0)[i] for i in range(4)) / 4
+    torch.testing.assert_close(clip_loss(img, txt, scale, neg), (t2i + i2t) / 2)
+    assert clip_loss(img, txt, scale, neg[:0]) == clip_loss(img, txt, scale)
+
+
+def test_training_texts_carry_hard_negatives(world: Path) -> None:
+    corpus = load_corpus(world)
+    records = corpus.split("train")
+    cfg = ClipTrainConfig(description_prob=1.0, hard_negative_prob=1.0, prompt_prob=0.0)
+    data = ImageTextPairs([None] * len(records), records, cfg)
+    triples = [data[i] for i in range(len(records))]
+    assert all(neg and neg != text for _, text, neg in triples)
+    none = ImageTextPairs([None] * len(records), records, cfg.replace(hard_negative_prob=0.0))
+    assert all(neg == "" for _, _, neg in (none[i] for i in range(len(records))))
+    short = ImageTextPairs([None] * len(records), records, cfg.replace(short_prob=1.0))
+    assert all("." not in text for _, text, _ in (short[i] for i in range(len(records))))
