@@ -54,7 +54,7 @@ TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
         "finecap.commands.clip",
         "train a CLIP for rewards and evaluation; probe what it sees",
         {
-            "train": "train a CLIP (Hugging Face format) on a dataset's descriptions and references",
+            "train": "train a CLIP (Hugging Face format) on descriptions and references",
             "probe": "attribute-binding probe: true text vs one fact changed, per kind",
         },
     ),
