@@ -13,7 +13,8 @@ COLUMNS = {  # header -> metric
     "B-4": "BLEU-4", "M": "METEOR", "R-L": "ROUGE-L", "C": "CIDEr", "BERT-S": "BERTScore",
     "CLIP-S": "CLIP-S", "RefCLIP-S": "RefCLIP-S", "R@1": "R@1", "R@5": "R@5", "R@10": "R@10",
     "MedR": "MedR", "FCE bg": "FineCapEval-background", "FCE obj": "FineCapEval-object",
-    "FCE rel": "FineCapEval-relation", "Rep.": "Repetition", "Dist-2": "Distinct-2",
+    "FCE rel": "FineCapEval-relation", "Facts-P": "Facts-P", "Facts-R": "Facts-R",
+    "CHAIR-i": "CHAIR-i", "CHAIR-s": "CHAIR-s", "Rep.": "Repetition", "Dist-2": "Distinct-2",
     "Vocab": "Vocabulary", "Len": "Mean-Length",
 }  # fmt: skip
 UNSCALED = {"MedR", "Vocabulary", "Mean-Length"}

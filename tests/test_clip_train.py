@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, CLIPTokenizer
 from finecap.cli import main as cli_main
 from finecap.cli import parse
 from finecap.clip import ClipEmbedder, load_clip
+from finecap.clip.probe import probe_clip
 from finecap.clip.train import (
     ClipTrainConfig,
     ScenesClipConfig,
@@ -96,9 +97,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_saves_hf_clip_that_load_clip_reads(world: Path, tmp_path: Path) -> None:
     out = tmp_path / "clip"
-    result = train_clip(world, out, TINY, ClipTrainConfig(epochs=2, batch_size=16))
+    cfg = ClipTrainConfig(epochs=2, batch_size=16, hard_negative_prob=0.5, short_prob=0.3)
+    result = train_clip(world, out, TINY, cfg)
     saved = json.loads((out / "clip_eval.json").read_text())
     assert saved["retrieval"] == result["retrieval"]
+    # The attribute-binding probe of the held-out scenes comes with it, as `clip probe` does.
+    probed = probe_clip(str(out), world)
+    assert saved["probe"] == {"kinds": probed["kinds"], "short_kinds": probed["short_kinds"]}
     for query in ("description", "reference"):
         assert {"R@1", "R@5", "R@10", "MedR"} <= set(saved["retrieval"][query])
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",

@@ -304,3 +304,103 @@ def test_make_refuses_an_out_that_is_an_input(two_systems, capsys):
     assert f"--out {a}: is an input" in capsys.readouterr().err and a.read_bytes() == before
     assert main([*args, "--out", str(two_systems)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the ground-truth oracle
+
+ORACLE_SCENES = {  # image_id -> (background, objects (shape, colour, size, pattern), relations)
+    1: ("grass", [("star", "red", "large", "striped"), ("circle", "blue", "small", "plain")],
+        [[0, "left of", 1]]),
+    2: ("sand", [("square", "red", "large", "plain"), ("circle", "yellow", "small", "dotted")],
+        [[0, "left of", 1], [0, "next to", 1]]),
+    3: ("snow", [("heart", "pink", "small", "plain"), ("heart", "purple", "large", "striped"),
+                 ("hexagon", "black", "large", "dotted")], [[0, "left of", 1], [1, "above", 2]]),
+    4: ("grass", [("circle", "purple", "small", "plain")], []),
+}  # fmt: skip
+# (image_id, A's side, left caption, right caption); A = mle, B = scst.
+ORACLE_ITEMS = [
+    (1, "left", "a red star", "a red star left of a blue circle on the grass"),
+    (2, "right", "a green box on the snow", "a red box"),
+    (3, "left", "three hearts in the snow", "two hearts and a hexagn"),
+    (4, "right", "a purple object in the grass", "a purple ball in the grass"),
+]
+
+
+def _scene_dict(image_id: int) -> dict:
+    background, objects, relations = ORACLE_SCENES[image_id]
+    keys = ("shape", "color", "size", "pattern")
+    objects = [{**dict(zip(keys, o, strict=True)), "bbox": [0, 0, 9, 9]} for o in objects]
+    return {"background": background, "objects": objects, "relations": relations}
+
+
+def _scene_dataset(path):
+    entries = [
+        {"filename": f"{i}.png", "filepath": "images", "imgid": i, "split": "test",
+         "sentences": [{"raw": "x"}], "scene": _scene_dict(i)}
+        for i in ORACLE_SCENES
+    ]  # fmt: skip
+    path.write_text(json.dumps({"images": entries}))
+
+
+def test_oracle_choices_by_criterion():
+    from finecap.scenes.oracle import CRITERION_KINDS, oracle_choices
+    from finecap.scenes.world import Scene
+
+    assert set(CRITERION_KINDS) == set(CRITERIA)
+    scene = Scene.from_dict(_scene_dict(2))
+    # left: box right, green wrong, snow wrong (net -1); right: box and red right (net 2)
+    assert oracle_choices("a green box on the snow", "a red box", scene) == {
+        "overall": "right",
+        "background": "right",
+        "object": "tie",
+        "attribute": "right",
+        "relation": "tie",
+    }
+
+
+def test_oracle_judge_and_tally_by_hand(tmp_path, capsys):
+    from finecap.pairwise import PairItem, load_judgments, write_page
+
+    items = [PairItem(k, i, None, left, right, side)
+             for k, (i, side, left, right) in enumerate(ORACLE_ITEMS)]  # fmt: skip
+    write_page(tmp_path / "page.html", items, "mle", "scst", 0)
+    _scene_dataset(tmp_path / "dataset.json")
+    out = tmp_path / "oracle.json"
+    args = ["pairwise", "judge", "--page", str(tmp_path / "page.html")]
+    args += ["--dataset", str(tmp_path / "dataset.json"), "--out", str(out)]
+    assert main(args) == 2 and "--oracle" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--oracle"]) == 0
+    doc = load_judgments(out)  # the format a person's judgments have
+    assert [it["a_side"] for it in doc["items"]] == [side for _, side, _, _ in ORACLE_ITEMS]
+    # Worked by hand, (correct - wrong) per caption:
+    # 1: B (right) wins everything: 2 objects, 2 colours, the relation, the background.
+    # 2: A (right) wins overall, background (0 vs -1 for "snow"), attribute (red vs green);
+    #    both name the box (object tie), no relation.
+    # 3: A (left) "three hearts in the snow": object 2 - 1 = 1, background 1; B "two hearts
+    #    and a hexagn": object 3. B wins overall (3 vs 2) and object, A the background.
+    # 4: A (right) names the ball: wins overall (3 vs 2) and object; purple and grass tie.
+    t = tally([doc])
+    assert t.counts == {
+        "overall": {"A": 2, "B": 2, "tie": 0},
+        "background": {"A": 2, "B": 1, "tie": 1},
+        "object": {"A": 1, "B": 2, "tie": 1},
+        "attribute": {"A": 1, "B": 1, "tie": 2},
+        "relation": {"A": 0, "B": 1, "tie": 3},
+    }
+    assert main(["pairwise", "tally", str(out)]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["relation"] == ["0.0%", "25.0%", "75.0%", "4"]
+
+
+def test_oracle_judge_errors(tmp_path, capsys):
+    from finecap.pairwise import PairItem, write_page
+
+    _scene_dataset(tmp_path / "dataset.json")
+    write_page(tmp_path / "page.html", [PairItem(0, 9, None, "a", "b", "left")], "a", "b", 0)
+    args = ["pairwise", "judge", "--oracle", "--dataset", str(tmp_path / "dataset.json")]
+    args += ["--out", str(tmp_path / "out.json"), "--page"]
+    assert main([*args, str(tmp_path / "page.html")]) == 2
+    assert "no ground-truth scene (image_id 9" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "dataset.json")]) == 2
+    assert "not a page of `finecap pairwise make`" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()

@@ -195,6 +195,7 @@ def _inputs(
         image_paths=paths if all(p.is_file() for p in paths) else None,
         train_captions=[c for r in corpus.split("train") for c in r.captions] or None,
         finecapeval=_finecapeval(config, covered),
+        scenes=_scenes(config, covered),
     )
     systems = [System(name, [preds[i] for i in data.image_ids]) for name, preds in aligned.items()]
     if config.reference_row:
@@ -277,3 +278,21 @@ def _finecapeval(config: EvaluationConfig, covered) -> dict | None:
             "image of the dataset (rows match images by file name)"
         )
     return entries
+
+
+def _scenes(config: EvaluationConfig, covered) -> list | None:
+    """Each scored image's ground-truth `scene` (the scenes world), or None unless every one
+    has it; a malformed entry is an error naming the image."""
+    from finecap.scenes.world import as_scene
+
+    if not all(isinstance(r.extra.get("scene"), dict) for r in covered):
+        return None
+    scenes = []
+    for r in covered:
+        try:
+            scenes.append(as_scene(r.extra["scene"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(
+                f'{config.dataset}: image_id {r.image_id}: malformed "scene" entry ({err!r})'
+            ) from None
+    return scenes

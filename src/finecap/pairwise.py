@@ -7,8 +7,10 @@ five criteria with ties allowed. The page stores per item which side is A, so th
 judgments can be un-blinded; the annotator sees only "Caption 1" / "Caption 2".
 
 "Save" downloads `judgments.json` (a Blob link) and also shows the same JSON in a text
-box, for browsers that block downloads. `tally` un-blinds any number of judgment files and
-counts, per criterion, how often A wins, loses or ties against B. `load_judgments` checks a
+box, for browsers that block downloads. `read_page` gives back what a page embeds (the
+items, which side is A) to judges that are programs (`finecap.scenes.oracle`). `tally`
+un-blinds any number of judgment files and counts, per criterion, how often A wins, loses or
+ties against B. `load_judgments` checks a
 file's every item (a `JudgmentsError` names the file, the item and the fault), and
 `load_judgment_files` counts a file given twice -- the same path, or the same judgments under
 another name -- once.
@@ -20,6 +22,7 @@ import html
 import json
 import os
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +38,10 @@ CHOICES = (*SIDES, "tie")
 
 class JudgmentsError(UserError, ValueError):
     """A judgments file that cannot be read or is malformed; the message names file and item."""
+
+
+class PageError(UserError, ValueError):
+    """A file that is not a page `render_page` wrote; the message names it."""
 
 
 @dataclass
@@ -175,6 +182,28 @@ def render_page(
 
 def write_page(path: str | os.PathLike, items: Sequence[PairItem], a_name, b_name, seed) -> None:
     atomic_write_text(path, render_page(items, a_name, b_name, seed))
+
+
+_PAGE_DATA = re.compile(r"<script type='application/json' id='pairwise-data'>(.*?)</script>", re.S)
+
+
+def read_page(path: str | os.PathLike) -> dict:
+    """The data a page embeds: format, a, b, seed, criteria and the items (item, image_id,
+    left, right, a_side), as `render_page` wrote them."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PageError(f"{path}: cannot read it ({err})") from None
+    found = _PAGE_DATA.search(text)
+    try:
+        data = json.loads(found.group(1)) if found else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or data.get("format") != JUDGMENTS_FORMAT:
+        raise PageError(f"{path}: not a page of `finecap pairwise make` (no pairwise data in it)")
+    return data
 
 
 def load_judgments(path: str | os.PathLike) -> dict:

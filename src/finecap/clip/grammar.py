@@ -58,6 +58,7 @@ from finecap.data.formats import ImageRecord, load_corpus
 from finecap.data.vocab import simple_tokenize
 from finecap.errors import MissingFileError, UserError
 from finecap.io import atomic_write_text
+from finecap.train.lightning import quiet_lightning
 
 HEAD_FILE, CONFIG_FILE = "grammar_head.safetensors", "grammar_config.json"
 
@@ -436,7 +437,8 @@ def train_grammar(
     loader, trainer = loader_and_trainer(data, cfg)
     model.train()  # CLIP has no dropout; this only keeps Lightning from warning
     started, cpu_started = time.perf_counter(), time.process_time()
-    trainer.fit(GrammarTask(model, feats, cfg), loader)
+    with quiet_lightning():
+        trainer.fit(GrammarTask(model, feats, cfg), loader)
     train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
 
     model = model.cpu().eval()

@@ -137,9 +137,15 @@ def probe_clip(
             f"{dataset}: the {split!r} images have no scene ground truth; give the pairs as "
             "--pairs FILE.csv (columns image,true,changed,kind)"
         )
-    result["kinds"] = probe(embedder, scene_pairs(corpus, records, "description"))
-    result["short_kinds"] = probe(embedder, scene_pairs(corpus, records, "short"))
-    return result
+    return {**result, **probe_scenes(embedder, corpus, records)}
+
+
+def probe_scenes(embedder, corpus: CaptionCorpus, records: list[ImageRecord]) -> dict:
+    """{"kinds", "short_kinds"}: both registers of the scenes probe."""
+    return {
+        "kinds": probe(embedder, scene_pairs(corpus, records, "description")),
+        "short_kinds": probe(embedder, scene_pairs(corpus, records, "short")),
+    }
 
 
 def format_probe(result: dict) -> str:

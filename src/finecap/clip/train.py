@@ -40,7 +40,7 @@ from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
 from finecap.data.images import load_image
 from finecap.io import atomic_write_text
 from finecap.scenes.changes import changed_texts, short_description
-from finecap.train.lightning import make_trainer, warmup_cosine_schedule
+from finecap.train.lightning import make_trainer, quiet_lightning, warmup_cosine_schedule
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -391,6 +391,18 @@ def retrieval_eval(
     return out
 
 
+def scenes_probe(model, tokenizer, processor, corpus, records) -> dict | None:  # noqa: ANN001
+    """The attribute-binding probe (`finecap.clip.probe`) on held-out scenes, if they have
+    scenes; None otherwise."""
+    from finecap.clip.embed import ClipBundle, ClipEmbedder
+    from finecap.clip.probe import probe_scenes
+
+    if not any("scene" in r.extra for r in records):
+        return None
+    bundle = ClipBundle(model.eval(), tokenizer, processor, name="(training)", fingerprint="")
+    return probe_scenes(ClipEmbedder(bundle), corpus, records)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -445,7 +457,8 @@ def train_clip(
     data = ImageTextPairs(train_pixels, train_records, cfg)
     loader, trainer = loader_and_trainer(data, cfg)
     started, cpu_started = time.perf_counter(), time.process_time()
-    trainer.fit(ClipTask(model, tokenizer, cfg, cfg.learning_rate(init is not None)), loader)
+    with quiet_lightning():
+        trainer.fit(ClipTask(model, tokenizer, cfg, cfg.learning_rate(init is not None)), loader)
     train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
 
     out = Path(out_dir)
@@ -464,6 +477,7 @@ def train_clip(
         "n_train": len(train_records),
         "n_eval": len(eval_records),
         "retrieval": retrieval_eval(model.cpu(), tokenizer, eval_pixels, eval_records),
+        "probe": scenes_probe(model, tokenizer, processor, corpus, eval_records),
         "logit_scale": round(model.logit_scale.exp().item(), 3),
         "preprocess_seconds": round(prep_s, 1),
         "train_seconds": round(train_s, 1),

@@ -1,8 +1,10 @@
-"""`finecap pairwise make|tally`: blind A/B human judgments of two systems' captions."""
+"""`finecap pairwise make|tally|judge`: blind A/B judgments of two systems' captions, by
+people or by the ground-truth oracle."""
 
 from __future__ import annotations
 
 import glob
+import json
 import re
 import sys
 from pathlib import Path
@@ -50,6 +52,22 @@ class PairwiseTallyOptions(Settings):
     """Judgments JSON files (globs are expanded)."""
 
 
+class PairwiseJudgeOptions(Settings):
+    """Answer a page of `finecap pairwise make` without a person. With --oracle, each
+    criterion goes to the caption with more correct minus wrong facts of its kind against the
+    dataset's ground-truth scenes (finecap.scenes.oracle). Writes a judgments file that
+    `finecap pairwise tally` reads like a person's."""
+
+    page: Annotated[str, tyro.conf.arg(metavar="HTML")]
+    """The page `finecap pairwise make` wrote."""
+    dataset: str
+    """The scenes world's dataset.json (its "scene" entries are the ground truth)."""
+    out: Annotated[str, tyro.conf.arg(metavar="JSON")]
+    """Judgments file to write."""
+    oracle: bool = False
+    """Judge by the ground-truth scene facts (the one judge so far; required)."""
+
+
 def _image_files(folder: Path, ids: list[int | str], allow_outside: bool) -> dict[int | str, Path]:
     """Without a dataset: a file whose stem is the id, or ends in it as a number
     (COCO_val2014_000000522418.jpg for 522418). A symlink out of the folder is refused."""
@@ -74,9 +92,9 @@ def _image_files(folder: Path, ids: list[int | str], allow_outside: bool) -> dic
 
 
 def _check_out(out: Path, inputs: list[Path]) -> None:
-    """Refuse, before any work, a page that would overwrite an input or is a folder."""
+    """Refuse, before any work, an output that would overwrite an input or is a folder."""
     if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; name the HTML file to write")
+        raise UserError(f"--out {out}: is a folder; name the file to write")
     for path in inputs:
         if same_file(out, path):
             raise UserError(f"--out {out}: is an input ({path}) and would be overwritten")
@@ -131,7 +149,29 @@ def tally_handler(options: PairwiseTallyOptions) -> int:
     return 0
 
 
+def judge_handler(options: PairwiseJudgeOptions) -> int:
+    from finecap.data.formats import dataset_files, load_corpus
+    from finecap.io import atomic_write_text
+    from finecap.pairwise import read_page
+    from finecap.scenes.oracle import judge_page
+    from finecap.scenes.world import as_scene
+
+    if not options.oracle:
+        raise UserError("name the judge: --oracle (answers from the ground-truth scenes)")
+    _check_out(Path(options.out), [Path(options.page), *dataset_files(options.dataset)])
+    page = read_page(options.page)
+    corpus = load_corpus(options.dataset)
+    scenes = {
+        str(r.image_id): as_scene(r.extra["scene"]) for r in corpus.images if "scene" in r.extra
+    }
+    doc = judge_page(page, scenes)
+    atomic_write_text(options.out, json.dumps(doc, indent=1) + "\n")
+    print(f"{len(doc['items'])} items, A = {doc['a']}, B = {doc['b']}, oracle: {options.out}")
+    return 0
+
+
 COMMANDS = {
     "make": (PairwiseMakeOptions, make_handler),
     "tally": (PairwiseTallyOptions, tally_handler),
+    "judge": (PairwiseJudgeOptions, judge_handler),
 }

@@ -1,8 +1,8 @@
 """The evaluation suite: a registry of metric groups and `run_suite` over several systems.
 
 A metric group (`register_metric`) computes a few named metrics for one system and declares
-what it needs: `images`, `clip`, `text_encoder`, `finecapeval`, `train_refs`. A group whose
-input is missing is not computed; each of its selected metrics is listed under
+what it needs: `images`, `clip`, `text_encoder`, `finecapeval`, `train_refs`, `scenes`. A
+group whose input is missing is not computed; each of its selected metrics is listed under
 `unavailable` with the reason, never silently dropped. Expensive shared inputs (the CLIP,
 image embeddings, the text encoder, reference embeddings) load once per suite run in an
 `EvalContext` and are reused by every system and group.
@@ -18,10 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from finecap.config import PathStr, PositiveInt, Settings
 from finecap.errors import UserError
+
+if TYPE_CHECKING:
+    from finecap.scenes.world import Scene
 
 NEED_REASONS = {
     "images": "needs the image files (--images DIR)",
@@ -30,6 +33,8 @@ NEED_REASONS = {
     "offline default)",
     "finecapeval": "needs --finecapeval FILE.csv annotating the split's images",
     "train_refs": "needs training references (a train split in the dataset)",
+    "scenes": 'needs ground-truth scenes: a "scene" entry for every scored image (as '
+    "`finecap scenes generate` writes)",
 }
 
 
@@ -43,6 +48,7 @@ class EvalData:
     image_paths: list[Path] | None = None  # None: no images (image metrics unavailable)
     train_captions: list[str] | None = None  # for `Novel`
     finecapeval: dict[str, Any] | None = None  # `load_finecapeval` output
+    scenes: list[Scene] | None = None  # ground truth per image (scenes world), for `facts`
 
 
 class SuiteConfig(Settings):
@@ -173,6 +179,7 @@ class EvalContext:
             "text_encoder": lambda: self.text_encoder is None,
             "finecapeval": lambda: not any(self.finecapeval_matches),
             "train_refs": lambda: not self.data.train_captions,
+            "scenes": lambda: self.data.scenes is None,
         }[need]()
 
     def references(self, system: System) -> list[list[str]]:
@@ -324,6 +331,7 @@ BUILTIN_MODULES = (
     "finecap.metrics.clipscore",
     "finecap.metrics.retrieval",
     "finecap.metrics.finecapeval",
+    "finecap.metrics.facts",
     "finecap.metrics.bertscore",
     "finecap.metrics.diversity",
 )
@@ -332,6 +340,7 @@ BUILTIN_ORDER = (
     "clipscore",
     "retrieval",
     "finecapeval",
+    "facts",
     "bertscore",
     "similarity",
     "diversity",

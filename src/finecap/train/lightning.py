@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +20,19 @@ from finecap.train.checkpoints import SafeCheckpointIO
 from finecap.train.settings import LightningConfig, TrainerConfig
 
 LOGGERS = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
+QUIET = [  # Lightning warnings that say nothing to a finecap user
+    r"Checkpoint directory .* exists and is not empty",  # every resume: our own last.ckpt
+    r".*isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning 2.6 itself
+]
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Around `trainer.fit`: hide the QUIET warnings, and only those."""
+    with warnings.catch_warnings():
+        for noise in QUIET:
+            warnings.filterwarnings("ignore", message=noise)
+        yield
 
 
 def make_trainer(

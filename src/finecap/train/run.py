@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -39,14 +38,10 @@ from finecap.train.checkpoints import (
 )
 from finecap.train.config import TrainConfig, config_to_yaml
 from finecap.train.data import CaptionDataModule
-from finecap.train.lightning import make_trainer
+from finecap.train.lightning import make_trainer, quiet_lightning
 from finecap.train.tasks import CaptionTask, create_task
 
 RUN_FILE = "run.json"
-QUIET = [  # Lightning warnings that say nothing to a finecap user
-    r"Checkpoint directory .* exists and is not empty",  # every resume: our own last.ckpt
-    r".*isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning 2.6 itself
-]
 
 
 def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainConfig, Captioner]:
@@ -161,9 +156,7 @@ def _fit(
         config.trainer, config.optim.max_epochs, callbacks, out, config.optim.gradient_clip
     )
     resume = out / "checkpoints" / LAST
-    with warnings.catch_warnings():
-        for noise in QUIET:
-            warnings.filterwarnings("ignore", message=noise)
+    with quiet_lightning():
         trainer.fit(
             task,
             datamodule=data,
