@@ -20,7 +20,7 @@ from finecap.attention_maps import (
     save_attention_figure,
     upsample,
 )
-from finecap.captioner import Caption, Captioner
+from finecap.captioner import DEFAULT_MODEL_DIR, Caption, Captioner
 from finecap.cli import main
 from finecap.data.formats import load_corpus, load_predictions
 from finecap.data.images import load_image
@@ -353,3 +353,13 @@ def test_dataset_inputs_that_do_not_fit_exit_2(model_dir, world, tmp_path, capsy
     assert world.read_text() == before
     rc = main(["caption", "--dataset", str(tmp_path / "nowhere"), "--model", str(model_dir)])
     assert rc == 2 and "nowhere" in capsys.readouterr().err
+
+
+def test_the_bundled_model_says_what_it_is(capsys) -> None:
+    """Which model captioned, on stderr: the bundled one knows only the scenes world."""
+    example = Path(__file__).parents[1] / "examples" / "scene_0.png"
+    assert main(["caption", str(example)]) == 0
+    err = capsys.readouterr().err
+    assert "using the bundled default model (MLE, synthetic scenes world only)" in err
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert "Synthetic scenes world only — not for photographs" in card

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers.tiny_models import make_tiny_clip
 
 from finecap.cli import main as cli_main
 from finecap.clip import ClipEmbedder, load_clip
@@ -17,6 +16,7 @@ from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss
 from finecap.data.formats import load_corpus
 from finecap.scenes import Scene, SceneObject, compute_relations, generate_world
 from finecap.scenes.changes import CHANGE_KINDS, change_scene, changed_texts
+from helpers.tiny_models import make_tiny_clip
 
 
 def two_object_scene() -> Scene:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from finecap.captioner import Captioner
+from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
 from finecap.scenes import generate_world
 from finecap.train.config import load_config
@@ -56,6 +57,14 @@ def test_train_resume_export(world: Path, tmp_path: Path) -> None:
     assert (out / "checkpoints" / "last.ckpt").is_file()
     meta = json.loads((model_dir / "config.json").read_text())
     assert meta["finecap"]["best_val_cider"] is not None
+    # The model card says what it was trained on, how, and what was measured.
+    facts = meta["finecap"]
+    assert facts["dataset"]["synthetic_scenes"] and facts["recipe"]["task"] == "mle"
+    assert facts["dataset"]["train_images"] == len(load_corpus(world).split("train"))
+    card = (model_dir / "README.md").read_text()
+    assert "Synthetic scenes world only — not for photographs" in card
+    assert f"{facts['dataset']['train_images']} training images" in card
+    assert f"validation CIDEr-D (greedy, during training): {facts['best_val_cider']:.3f}" in card
 
     # A second run with more epochs resumes from last.ckpt: it trains epoch 1 only.
     train(load_config(recipe, [*overrides, "optim.max_epochs=2"]))

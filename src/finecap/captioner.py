@@ -38,6 +38,7 @@ from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import Decoded, DecodingConfig, SamplingConfig, decode, sample
 from finecap.errors import MissingFileError, UserError
 from finecap.io import FOLDER_MODE
+from finecap.model_card import CARD_FILE
 from finecap.models import CaptionModel, ModelConfig
 from finecap.models.encoders import HFImageEncoder
 
@@ -76,9 +77,10 @@ class Caption:
 
 
 class Captioner:
-    def __init__(self, model: CaptionModel, vocab: Vocab) -> None:
+    def __init__(self, model: CaptionModel, vocab: Vocab, info: dict | None = None) -> None:
         self.model = model
         self.vocab = vocab
+        self.info = info or {}  # config.json's "finecap" facts: how it was trained
 
     @property
     def config(self) -> ModelConfig:
@@ -119,11 +121,15 @@ class Captioner:
                 f"config.json describes ({first})"
             ) from None
         captioner.model.eval()
+        captioner.info = json.loads((folder / CONFIG_FILE).read_text()).get("finecap") or {}
         return captioner
 
-    def save_pretrained(self, folder: str | os.PathLike, extra: dict | None = None) -> None:
+    def save_pretrained(
+        self, folder: str | os.PathLike, extra: dict | None = None, card: str | None = None
+    ) -> None:
         """Write the folder atomically: a temp folder beside it, then a rename. `extra`: facts
-        about how it was trained (plain JSON data, no machine paths), under "finecap".
+        about how it was trained (plain JSON data, no machine paths), under "finecap";
+        `card`: the model card, written as README.md (`finecap.model_card`).
 
         Replacing an existing folder takes two renames (old aside, new in); a kill between
         them leaves `.NAME.old` and no NAME, which `recover` (called here first, and by
@@ -139,6 +145,8 @@ class Captioner:
             meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
             self.vocab.save(tmp / VOCAB_FILE)
+            if card is not None:
+                (tmp / CARD_FILE).write_text(card, encoding="utf-8")
             if isinstance(self.model.encoder, HFImageEncoder):
                 self.model.encoder.save_backbone_config(tmp / BACKBONE_DIR)
             if folder.exists():

@@ -421,6 +421,36 @@ def reproduce(out: Path, settings: ReproduceSettings, jobs: int = 2) -> Path:
         return _steps_then_evaluation(out, settings, jobs)
 
 
+# Cho et al.'s Table 4: their model against each baseline, win / lose / tie per criterion.
+TABLE4 = [("CLIP-S+Grammar", "MLE"), ("CLIP-S+Grammar", "CIDEr")]
+
+
+def write_table4(paths: dict, out: Path) -> str:
+    """Table 4 by the oracle annotator (`finecap.scenes.oracle`) on every test image, to
+    DIR/table4.json and DIR/table4.md; returns the Markdown."""
+    from finecap.data.formats import load_corpus, load_predictions
+    from finecap.scenes.oracle import oracle_tally
+    from finecap.scenes.world import Scene
+
+    records = load_corpus(paths["dataset"]).split("test")
+    scenes = [Scene.from_dict(r.extra["scene"]) for r in records]
+    rows, doc = [], {}
+    for a, b in TABLE4:
+        caps = {n: load_predictions(paths["predictions"] / f"{n}.json") for n in (a, b)}
+        t = oracle_tally(*[(n, [caps[n][r.image_id] for r in records]) for n in (a, b)], scenes)
+        pct = t.percentages()
+        doc[f"{a} vs {b}"] = {c: {"win": p["A"], "lose": p["B"], "tie": p["tie"]}
+                              for c, p in pct.items()}  # fmt: skip
+        cells = [f"{p['A']:.1f} / {p['B']:.1f} / {p['tie']:.1f}" for p in pct.values()]
+        rows.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+    header = "| comparison | " + " | ".join(next(iter(doc.values()))) + " |"
+    table = "\n".join([header, "|---" * (1 + len(next(iter(doc.values())))) + "|", *rows])
+    atomic_write_text(out / "table4.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "table4.md", f"win / lose / tie %, {len(records)} test images\n\n"
+                      + table + "\n")  # fmt: skip
+    return table
+
+
 def _steps_then_evaluation(out: Path, settings: ReproduceSettings, jobs: int) -> Path:
     from finecap.evaluation import EvaluationConfig, evaluate, write_results
     from finecap.report import format_table
@@ -448,6 +478,7 @@ def _steps_then_evaluation(out: Path, settings: ReproduceSettings, jobs: int) ->
         evaluation, out / "metrics.json", out / "report.html", report_samples=16, paper_tables=True
     )
     print(format_table(evaluation.result))
+    print(write_table4(paths, out))
     timings["evaluate"] = round(time.perf_counter() - evaluate_started, 1)
     timings["total"] = round(time.perf_counter() - started, 1)
     timings["jobs"] = jobs

@@ -45,6 +45,7 @@ from finecap.decoding import DecodingConfig, SamplingConfig
 from finecap.errors import UserError
 from finecap.hub import WeightsNotFoundError
 from finecap.io import same_file
+from finecap.model_card import describe
 
 PROG = "finecap caption"
 PROGRESS_MIN_IMAGES = 8  # a bar for a handful of images is noise
@@ -144,6 +145,8 @@ def handler(args: CaptionOptions) -> int:
         captioner = _load_captioner(args.model)
     except ValueError as err:
         return _usage_error(str(err))
+    where = args.model if args.model is not None else "the bundled default model"
+    print(f"{PROG}: using {where} ({describe(captioner.info)})", file=sys.stderr)
     if not items:
         hint = "" if args.paths else " (give image files or folders, or --dataset)"
         return _usage_error(f"no images to caption{hint}")

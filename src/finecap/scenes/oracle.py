@@ -14,9 +14,9 @@ kind scores 0 on it, so a wrong claim loses to silence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from finecap.pairwise import CRITERIA, JUDGMENTS_FORMAT, JudgmentsError
+from finecap.pairwise import CRITERIA, JUDGMENTS_FORMAT, JudgmentsError, Tally, tally
 from finecap.scenes.facts import ATTRIBUTES, FACT_KINDS, score_caption
 from finecap.scenes.world import Scene
 
@@ -67,3 +67,17 @@ def judge_page(page: Mapping, scenes: Mapping[str, Scene]) -> dict:
         "annotator": ANNOTATOR,
         "items": items,
     }
+
+
+def oracle_tally(
+    a: tuple[str, Sequence[str]], b: tuple[str, Sequence[str]], scenes: Sequence[Scene]
+) -> Tally:
+    """Cho et al.'s Table 4 comparison of two systems over whole splits: (name, captions) each,
+    aligned with `scenes`, every image judged by the oracle (identical captions tie)."""
+    (a_name, a_caps), (b_name, b_caps) = a, b
+    items = [
+        {"item": k, "image_id": k, "a_side": "left", "choices": oracle_choices(x, y, scene)}
+        for k, (x, y, scene) in enumerate(zip(a_caps, b_caps, scenes, strict=True))
+    ]
+    doc = {"format": JUDGMENTS_FORMAT, "a": a_name, "b": b_name, "annotator": ANNOTATOR}
+    return tally([{**doc, "seed": None, "items": items}])

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from finecap.captioner import Captioner
 from finecap.config import ConfigError
 from finecap.io import FolderLock, atomic_write_text
+from finecap.model_card import describe, render_card, training_facts
 from finecap.train.checkpoints import (
     LAST,
     GracefulStop,
@@ -122,7 +123,8 @@ def train(config: TrainConfig, init: str | Path | None = None, force: bool = Fal
             record = {"identity": identity, "finished": None}
             atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
             checkpoint = _fit(task, data, config, out)
-            folder = export_selected(task, checkpoint, out / "model")
+            facts = training_facts(config, data.corpus, len(data.train_records), len(vocab))
+            folder = export_selected(task, checkpoint, out / "model", facts)
             record["finished"] = config.optim.max_epochs
             atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
         except BaseException:
@@ -166,17 +168,22 @@ def _fit(
     return best
 
 
-def export_selected(task: CaptionTask, best: ModelCheckpoint, folder: Path) -> Path:
+def export_selected(
+    task: CaptionTask, best: ModelCheckpoint, folder: Path, facts: dict | None = None
+) -> Path:
     """Load the selected checkpoint's weights (the best by validation CIDEr-D, or the last)
-    into the task and save it as a Captioner."""
+    into the task and save it as a Captioner, with its model card (`finecap.model_card`)
+    written from `facts` (`training_facts`) and what the export adds."""
     last = folder.parent / "checkpoints" / LAST
     path = Path(best.best_model_path) if best.best_model_path else last
     extra = {"task": task.config.task, "selected": "val_cider" if best.monitor else "last"}
+    extra.update(facts or {})
     if path.is_file():
         state = load_checkpoint(path)
         task.load_state_dict(state["state_dict"])
         extra["epochs"] = int(state["epoch"]) + 1  # epochs trained when it was saved
     if best.best_model_score is not None:
         extra["best_val_cider"] = float(best.best_model_score)
-    Captioner(task.model.cpu().eval(), task.vocab).save_pretrained(folder, extra)
+    card = render_card(extra, title=f"finecap captioner: {describe(extra)}")
+    Captioner(task.model.cpu().eval(), task.vocab).save_pretrained(folder, extra, card=card)
     return folder
