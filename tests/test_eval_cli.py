@@ -162,7 +162,17 @@ def test_unknown_metric_and_split(world, capsys):
 
 def test_required_options_are_named(capsys):
     assert main(["evaluate", "--split", "test"]) == 2
-    assert "--predictions, --dataset, --out required" in capsys.readouterr().err
+    assert "--predictions, --dataset required" in capsys.readouterr().err
+
+
+def test_without_out_the_table_is_printed_and_nothing_written(world, tmp_path, capsys):
+    pred = str(world["root"] / "good.json")
+    args = ["evaluate", "--predictions", pred, "--dataset", str(world["dataset"])]
+    before = sorted(p.name for p in world["root"].iterdir())
+    assert main([*args, "--metrics", "BLEU-4"]) == 0
+    out = capsys.readouterr().out
+    assert "BLEU-4" in out and "metrics:" not in out
+    assert sorted(p.name for p in world["root"].iterdir()) == before
 
 
 def test_missing_predictions_file(world, tmp_path, capsys):

@@ -112,6 +112,9 @@ def test_align_predictions_errors():
         align_predictions({1: "a", "1": "b"}, [1], split_of, "p.json", "test")
     aligned, _ = align_predictions({1: "a"}, [1, 2, 3], split_of, "p", "test", allow_missing=True)
     assert aligned == {1: "a"}
+    # Captions of another split: the message says which split to pass.
+    with pytest.raises(PredictionsError, match=r"captions are of train images: pass --split train"):
+        align_predictions({7: "x"}, [1, 2, 3], split_of, "p.json", "test")
 
 
 def test_official_tier_matches_pycocoevalcap_directly():

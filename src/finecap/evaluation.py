@@ -148,17 +148,18 @@ def evaluate(config: EvaluationConfig, log: Callable[[str], None] | None = None)
 
 def write_results(
     evaluation: Evaluation,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None,
     report: str | os.PathLike | None = None,
     report_samples: int = 12,
     paper_tables: bool = False,
 ) -> None:
-    """Write `metrics.json` to `out` and, with `report`, the self-contained HTML report
-    (`report_samples` images; `paper_tables`: Cho et al.'s tables instead of one table).
-    Both are written atomically: a reader never sees half a file."""
+    """Write `metrics.json` to `out` (unless None) and, with `report`, the self-contained HTML
+    report (`report_samples` images; `paper_tables`: Cho et al.'s tables instead of one
+    table). Both are written atomically: a reader never sees half a file."""
     from finecap.io import atomic_write_text
 
-    atomic_write_text(out, json.dumps(evaluation.to_json(), indent=2) + "\n")
+    if out is not None:
+        atomic_write_text(out, json.dumps(evaluation.to_json(), indent=2) + "\n")
     if report is None:
         return
     from finecap.report import pick_samples, write_report

@@ -89,6 +89,7 @@ def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
         "",
         "```python",
         "from finecap.captioner import Captioner",
+        "",
         'captioner = Captioner.from_pretrained("THIS_FOLDER")',
         'print(captioner("image.png").text)',
         "```",

@@ -35,7 +35,7 @@ class EvaluateOptions(EvaluationConfig):
     metrics: Annotated[list[str] | None, arg(metavar="NAME[,NAME...]")] = None
     """Comma-separated metric or group names (default: all; see --list-metrics)."""
     out: str | None = None
-    """Where to write metrics.json (required)."""
+    """Where to write metrics.json (default: only print the table)."""
     report: str | None = None
     """Also write a self-contained HTML report here."""
     report_samples: NonNegativeInt = 12
@@ -75,7 +75,7 @@ def _check_outputs(options: EvaluateOptions, config: EvaluationConfig) -> None:
     inputs = [path for _, path in config.systems()] + dataset_files(config.dataset)
     if config.finecapeval:
         inputs.append(Path(config.finecapeval))
-    outputs = [("--out", Path(options.out))]
+    outputs = [("--out", Path(options.out))] if options.out else []
     if options.report:
         outputs.append(("--report", Path(options.report)))
     for flag, out in outputs:
@@ -97,7 +97,7 @@ def handler(options: EvaluateOptions) -> int:
 
     if options.list_metrics:
         return _print_metric_groups()
-    missing = [f"--{n}" for n in ("predictions", "dataset", "out") if not getattr(options, n)]
+    missing = [f"--{n}" for n in ("predictions", "dataset") if not getattr(options, n)]
     if missing:
         raise InputError(f"{', '.join(missing)} required")
     config = options.evaluation_config()
@@ -110,7 +110,10 @@ def handler(options: EvaluateOptions) -> int:
     print(format_table(result))
     for metric, reason in result.unavailable.items():
         print(f"unavailable: {metric}: {reason}")
-    print(f"metrics: {options.out}" + (f"\nreport:  {options.report}" if options.report else ""))
+    if options.out:
+        print(f"metrics: {options.out}")
+    if options.report:
+        print(f"report:  {options.report}")
     return 0
 
 

@@ -320,10 +320,26 @@ def align_predictions(
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         raise PredictionsError(
             f"{source}: {len(missing)} of {len(split_ids)} {split} images have no caption "
-            f"(image_id {shown}); pass --allow-missing to score only the images every "
-            "system covers"
+            f"(image_id {shown}){_split_hint(predictions, by_text, split_of, split)}; pass "
+            "--allow-missing to score only the images every system covers"
         )
     return aligned, elsewhere
+
+
+def _split_hint(predictions, by_text, split_of, split: str) -> str:  # noqa: ANN001
+    """ ", but they caption the test split: pass --split test" when most predictions are of
+    one other split (the commonest mistake: test captions scored on the default split)."""
+    counts: dict[str, int] = {}
+    for key in predictions:
+        image_id = by_text.get(str(key).strip())
+        if image_id is not None and split_of[image_id] != split:
+            counts[split_of[image_id]] = counts.get(split_of[image_id], 0) + 1
+    if not counts:
+        return ""
+    other = max(counts, key=counts.get)
+    if counts[other] * 2 < len(predictions):
+        return ""
+    return f", but {counts[other]} of its captions are of {other} images: pass --split {other}"
 
 
 # Built-in groups, in table-column order; each module registers its groups on import.
