@@ -12,10 +12,12 @@ import torch
 from finecap.cli import main as cli_main
 from finecap.clip import ClipEmbedder, load_clip
 from finecap.clip.probe import ProbeInputError, ProbePair, csv_pairs, probe, scene_pairs
-from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss
+from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss, shift
 from finecap.data.formats import load_corpus
 from finecap.scenes import Scene, SceneObject, compute_relations, generate_world
 from finecap.scenes.changes import CHANGE_KINDS, change_scene, changed_texts
+from finecap.scenes.language import describe_scene, mirror_text
+from finecap.scenes.world import mirror_scene
 from helpers.tiny_models import make_tiny_clip
 
 
@@ -178,3 +180,29 @@ def test_training_texts_carry_hard_negatives(world: Path) -> None:
     assert all(neg == "" for _, _, neg in (none[i] for i in range(len(records))))
     short = ImageTextPairs([None] * len(records), records, cfg.replace(short_prob=1.0))
     assert all("." not in text for _, text, _ in (short[i] for i in range(len(records))))
+
+
+def test_mirrored_images_get_mirrored_texts(world: Path) -> None:
+    scene = two_object_scene()
+    mirrored = mirror_scene(scene)
+    assert scene.relation_between(1, 0)[0] == "right of"
+    assert mirrored.relation_between(1, 0)[0] == "left of"
+    assert mirror_scene(mirrored) == scene  # a mirror twice is the identity
+    assert mirror_text("a star to the left of a circle") == "a star to the right of a circle"
+    # In training, a flipped image comes with the mirrored scene's description.
+    corpus = load_corpus(world)
+    records = corpus.split("train")
+    cfg = ClipTrainConfig(description_prob=1.0, prompt_prob=0.0, flip_prob=1.0)
+    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    data = ImageTextPairs(pixels, records[:2], cfg)
+    image, text, _ = data[0]
+    assert torch.equal(image, pixels[0].flip(-1))
+    assert text in describe_scene(mirror_scene(records[0].extra["scene"]))
+
+
+def test_shift_moves_the_image_and_repeats_the_edges() -> None:
+    image = torch.arange(16, dtype=torch.float32).view(1, 4, 4).expand(3, 4, 4)
+    for seed in range(10):
+        moved = shift(image, random.Random(seed), 1)
+        assert moved.shape == image.shape
+        assert set(moved.unique().tolist()) <= set(image.unique().tolist())

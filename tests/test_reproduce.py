@@ -208,8 +208,18 @@ def test_quick_reproduce_writes_every_table_and_model(tmp_path, capsys) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["systems"]) == SYSTEMS
     for name, scores in metrics["systems"].items():
-        for metric in ("CIDEr", "CLIP-S", "R@1", "FineCapEval-object", "Repetition"):
+        for metric in ("CIDEr", "CLIP-S", "R@1", "FineCapEval-object", "Repetition", "Facts-R"):
             assert 0.0 <= scores[metric] <= 10.0, (name, metric)
+    # Table 4 by the oracle: win + lose + tie = 100 % for each comparison and criterion.
+    table4 = json.loads((out / "table4.json").read_text())
+    assert list(table4) == ["CLIP-S+Grammar vs MLE", "CLIP-S+Grammar vs CIDEr"]
+    for criteria in table4.values():
+        assert list(criteria) == ["overall", "background", "object", "attribute", "relation"]
+        for shares in criteria.values():
+            assert sum(shares.values()) == pytest.approx(100.0)
+    # The CLIP's attribute-binding probe comes with it.
+    probe = json.loads((out / "clip" / "clip_eval.json").read_text())["probe"]
+    assert {"shape", "color", "background"} <= set(probe["kinds"])
     report = (out / "report.html").read_text()
     for title in ("Table 1", "Table 2", "FineCapEval", "Degeneration", "Table 3"):
         assert title in report

@@ -8,7 +8,14 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Settings
+from finecap.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Settings,
+)
 from finecap.scenes.changes import CHANGE_KINDS, ChangeKind
 from finecap.train.settings import LightningConfig
 
@@ -76,6 +83,12 @@ class ClipTrainConfig(Settings):
         default_factory=lambda: list(CHANGE_KINDS), min_length=1
     )
     """Kinds of change the hard negatives draw from (`finecap.scenes.changes`)."""
+    flip_prob: Probability = 0.0
+    """Chance per image and epoch to train on its mirror image, with texts to match (left and
+    right swapped; the description rewritten from the mirrored scene). Scenes datasets only."""
+    max_shift: NonNegativeInt = 0
+    """Shift each training image by up to this many pixels (edges repeated), so a ViT sees
+    every shape at every offset within its patches."""
     prompt_prob: Probability = 0.5
     """Chance to prepend CLIP_PROMPT, so texts with and without it both work."""
     seed: int = 0
@@ -89,14 +102,30 @@ class ClipTrainConfig(Settings):
         return self.lr if self.lr is not None else (1e-5 if fine_tuning else 5e-4)
 
 
+LrSchedule = Literal["constant", "warmup_cosine"]
+
+
 class GrammarTrainConfig(Settings):
+    """How to train the grammar head (`finecap.clip.grammar`). The defaults follow Cho et al.'s
+    `retrieval/train_pl.py` except `lr` (see the module docstring); `schedule` and
+    `train_logit_scale` name finecap's earlier choices as variants."""
+
     epochs: PositiveInt = 6
     """Passes over the training references."""
     batch_size: int = Field(64, ge=2)
     lr: PositiveFloat = 5e-4
     """AdamW learning rate (Cho et al.: 1e-4; see the module docstring)."""
     weight_decay: NonNegativeFloat = 0.01
+    """AdamW weight decay of every trained tensor but the biases (as Cho et al.)."""
+    schedule: LrSchedule = "constant"
+    """"constant": the learning rate never changes (Cho et al. configure no scheduler);
+    "warmup_cosine": linear warm-up over `warmup_frac` of the steps, then cosine decay to 0
+    (finecap's earlier default)."""
     warmup_frac: Probability = 0.05
+    """Share of the steps spent warming up (schedule "warmup_cosine" only)."""
+    train_logit_scale: bool = True
+    """Train CLIP's temperature with the text tower (Cho et al. freeze only the vision tower
+    and its projection); False keeps the starting CLIP's (finecap's earlier default)."""
     description_prob: Probability = 0.3
     """Share of positives drawn from detailed descriptions (long, fluent) instead of references."""
     seed: int = 0

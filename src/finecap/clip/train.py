@@ -40,6 +40,8 @@ from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
 from finecap.data.images import load_image
 from finecap.io import atomic_write_text
 from finecap.scenes.changes import changed_texts, short_description
+from finecap.scenes.language import describe_scene, mirror_text
+from finecap.scenes.world import Scene, mirror_scene
 from finecap.train.lightning import make_trainer, quiet_lightning, warmup_cosine_schedule
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -283,23 +285,29 @@ class ImageTextPairs(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
         rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
         record = self.records[i]
+        pixels = self.pixels[i]
+        scene = record.extra.get("scene")
         descriptions = descriptions_of(record)
         refs = [c for c in record.captions if c]
+        if scene is not None and rng.random() < self.cfg.flip_prob:
+            pixels, scene = pixels.flip(-1), mirror_scene(scene)
+            descriptions, refs = describe_scene(scene), [mirror_text(c) for c in refs]
+        if self.cfg.max_shift and pixels is not None:
+            pixels = shift(pixels, rng, self.cfg.max_shift)
         negative = ""
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
-            text, negative = self._description(rng, record, descriptions)
+            text, negative = self._description(rng, scene, descriptions)
         else:
             text = rng.choice(refs)
         if rng.random() < self.cfg.prompt_prob:
             text = CLIP_PROMPT + text
             negative = CLIP_PROMPT + negative if negative else ""
-        return self.pixels[i], text, negative
+        return pixels, text, negative
 
     def _description(
-        self, rng: random.Random, record: ImageRecord, descriptions: list[str]
+        self, rng: random.Random, scene: dict | Scene | None, descriptions: list[str]
     ) -> tuple[str, str]:
         """A detailed (or short) description and, maybe, its one-fact-changed negative."""
-        scene = record.extra.get("scene")
         register = "short" if scene and rng.random() < self.cfg.short_prob else "description"
         variant = rng.randrange(len(descriptions))
         if scene is None or rng.random() >= self.cfg.hard_negative_prob:
@@ -313,6 +321,14 @@ class ImageTextPairs(Dataset):
             if texts is not None:
                 return texts
         return (short_description(scene) if register == "short" else descriptions[variant]), ""
+
+
+def shift(pixels: torch.Tensor, rng: random.Random, most: int) -> torch.Tensor:
+    """(3, S, S) moved by up to `most` pixels each way, the edge pixels repeated."""
+    dx, dy = rng.randint(-most, most), rng.randint(-most, most)
+    padded = F.pad(pixels[None], (most, most, most, most), mode="replicate")[0]
+    side_y, side_x = pixels.shape[-2:]
+    return padded[:, most + dy : most + dy + side_y, most + dx : most + dx + side_x]
 
 
 class ClipTask(L.LightningModule):

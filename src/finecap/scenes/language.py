@@ -18,6 +18,7 @@ Every word list is data; weights are how often a human would pick each option.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,6 +125,12 @@ PHRASE_SEP = "\\;"  # FineCapEval's two-character separator between phrases
 def _pick(rnd: random.Random, options: tuple[tuple[str, float], ...]) -> str:
     words, weights = zip(*options, strict=True)
     return rnd.choices(words, weights=weights)[0]
+
+
+def mirror_text(text: str) -> str:
+    """The text of a mirrored image: "left" and "right" swapped, nothing else changed."""
+    swap = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
+    return re.sub(r"\b(left|right|Left|Right)\b", lambda m: swap[m.group(1)], text)
 
 
 def fix_articles(text: str) -> str:

@@ -197,6 +197,19 @@ def compute_relations(objects: list[SceneObject], image_size: int) -> list[tuple
     return rels
 
 
+def mirror_scene(scene: Scene | Mapping[str, Any]) -> Scene:
+    """The scene seen in a mirror (left and right swapped): what a horizontally flipped image
+    shows. Every shape of the world is left-right symmetric, so only positions change."""
+    scene = as_scene(scene)
+    side = scene.image_size
+    objects = [
+        SceneObject(o.shape, o.color, o.size, o.pattern, (side - o.bbox[2], o.bbox[1],
+                                                         side - o.bbox[0], o.bbox[3]))
+        for o in scene.objects
+    ]  # fmt: skip
+    return Scene(scene.background, objects, compute_relations(objects, side), side)
+
+
 @dataclass(frozen=True)
 class SalientSpec:
     """Constraints for a test group: the salient object's shape and colour, the backgrounds."""
