@@ -11,13 +11,14 @@ import torch
 
 from finecap.cli import main as cli_main
 from finecap.clip import ClipEmbedder, load_clip
+from finecap.clip.dense import IGNORE, patch_labels
 from finecap.clip.probe import ProbeInputError, ProbePair, csv_pairs, probe, scene_pairs
 from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss, shift
 from finecap.data.formats import load_corpus
 from finecap.scenes import Scene, SceneObject, compute_relations, generate_world
 from finecap.scenes.changes import CHANGE_KINDS, change_scene, changed_texts
 from finecap.scenes.language import describe_scene, mirror_text
-from finecap.scenes.world import mirror_scene
+from finecap.scenes.world import COLORS, SHAPES, mirror_scene
 from helpers.tiny_models import make_tiny_clip
 
 
@@ -175,11 +176,11 @@ def test_training_texts_carry_hard_negatives(world: Path) -> None:
     cfg = ClipTrainConfig(description_prob=1.0, hard_negative_prob=1.0, prompt_prob=0.0)
     data = ImageTextPairs([None] * len(records), records, cfg)
     triples = [data[i] for i in range(len(records))]
-    assert all(neg and neg != text for _, text, neg in triples)
+    assert all(neg and neg != text for _, text, neg, _ in triples)
     none = ImageTextPairs([None] * len(records), records, cfg.replace(hard_negative_prob=0.0))
-    assert all(neg == "" for _, _, neg in (none[i] for i in range(len(records))))
+    assert all(neg == "" for _, _, neg, _ in (none[i] for i in range(len(records))))
     short = ImageTextPairs([None] * len(records), records, cfg.replace(short_prob=1.0))
-    assert all("." not in text for _, text, _ in (short[i] for i in range(len(records))))
+    assert all("." not in text for _, text, _, _ in (short[i] for i in range(len(records))))
 
 
 def test_mirrored_images_get_mirrored_texts(world: Path) -> None:
@@ -195,14 +196,36 @@ def test_mirrored_images_get_mirrored_texts(world: Path) -> None:
     cfg = ClipTrainConfig(description_prob=1.0, prompt_prob=0.0, flip_prob=1.0)
     pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     data = ImageTextPairs(pixels, records[:2], cfg)
-    image, text, _ = data[0]
+    image, text, _, _ = data[0]
     assert torch.equal(image, pixels[0].flip(-1))
     assert text in describe_scene(mirror_scene(records[0].extra["scene"]))
 
 
 def test_shift_moves_the_image_and_repeats_the_edges() -> None:
     image = torch.arange(16, dtype=torch.float32).view(1, 4, 4).expand(3, 4, 4)
-    for seed in range(10):
-        moved = shift(image, random.Random(seed), 1)
-        assert moved.shape == image.shape
-        assert set(moved.unique().tolist()) <= set(image.unique().tolist())
+    moved = shift(image, 1, 0, most=2)  # content one pixel to the left, last column repeated
+    assert moved[0, 0].tolist() == [1.0, 2.0, 3.0, 3.0]
+    assert torch.equal(shift(image, 0, 0, most=2), image)
+
+
+def test_patch_labels_name_the_object_under_each_patch() -> None:
+    scene = two_object_scene()  # circle (10, 30)-(45, 65), star (60, 35)-(78, 53) in 96 px
+    labels = patch_labels(scene, grid=8, side=96).view(8, 8, 4)  # 12-px patches
+    circle = [SHAPES.index("circle") + 1, COLORS.index("red") + 1]
+    assert labels[3, 1, :2].tolist() == circle  # centre (18, 42): inside the circle's box
+    assert labels[3, 5, 0] == SHAPES.index("star") + 1  # centre (66, 42)
+    assert labels[0, 0].tolist() == [0, 0, 0, 0]  # background
+    # Content moved 12 px right: the labels move one patch right.
+    moved = patch_labels(scene, grid=8, side=96, offset=(12, 0)).view(8, 8, 4)
+    assert torch.equal(moved[:, 1:], labels[:, :-1])
+    assert (patch_labels(None, 8, 96) == IGNORE).all()
+
+
+def test_dense_supervision_trains_and_is_not_saved(world: Path, tmp_path: Path) -> None:
+    from finecap.clip.train import ScenesClipConfig, train_clip
+
+    arch = ScenesClipConfig(image_size=48, patch_size=12, hidden=32, layers=1, heads=2)
+    cfg = ClipTrainConfig(epochs=1, batch_size=8, dense_weight=1.0, flip_prob=0.5, max_shift=2)
+    train_clip(world, tmp_path / "clip", arch, cfg)
+    names = load_clip(tmp_path / "clip").model.state_dict().keys()
+    assert not any("dense" in n or "heads" in n for n in names)

@@ -110,3 +110,95 @@ def test_diversity_scores_hand_computed():
 def test_novelty():
     train = ["A dog on the grass.", "a cat"]
     assert novelty(["a dog on the grass", "a red cat", "A CAT!"], train) == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------- roberta-large from the cache
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte -> printable character table (RoBERTa's byte-level BPE alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+
+
+def _fake_cached_roberta(cache, name: str = "roberta-large"):
+    """A tiny random RoBERTa (hidden 32, 2 layers, byte-level BPE without merges) laid out as
+    the Hugging Face cache lays out a downloaded `name`; returns its snapshot folder."""
+    import json
+
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    repo = cache / f"models--{name.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    files = cache / "tokenizer-files"
+    files.mkdir(parents=True)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({c: 4 + i for i, c in enumerate(_byte_symbols())})
+    vocab["<mask>"] = len(vocab)
+    (files / "vocab.json").write_text(json.dumps(vocab))
+    (files / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = RobertaTokenizer(
+        str(files / "vocab.json"), str(files / "merges.txt"), model_max_length=64
+    )
+    config = RobertaConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    RobertaModel(config).save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    return snapshot
+
+
+def test_roberta_large_is_the_default_when_cached(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    from bert_score import BERTScorer
+
+    from finecap.metrics import bertscore
+    from finecap.metrics.suite import EvalData, SuiteConfig, System, run_suite
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert bertscore.cached_snapshot("roberta-large") is None
+    assert bertscore.default_bertscore_encoder() == ENCODER  # the MiniLM, or None
+
+    snapshot = _fake_cached_roberta(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert bertscore.cached_snapshot("roberta-large") == str(snapshot)
+    assert bertscore.default_bertscore_encoder() == "roberta-large"
+    # the papers' layer by default; loaded from the snapshot folder, no network round trip
+    assert bertscore.BertScore("roberta-large").num_layers == 17
+    ours = bertscore.BertScore("roberta-large", num_layers=2)
+    assert ours.path == str(snapshot)
+    prf = ours.per_caption(CAPTIONS, REFS)
+    keep = [0, 1, 3]
+    ref = BERTScorer(model_type=str(snapshot), num_layers=2)
+    p, r, f = ref.score([CAPTIONS[i] for i in keep], [[x for x in REFS[i] if x] for i in keep])
+    torch.testing.assert_close(prf[keep], torch.stack([p, r, f], 1))
+
+    # The suite picks it and says so (the tiny model has 2 layers: pass the layer).
+    data = EvalData(image_ids=[0, 1, 2, 3], references=REFS, file_names=["a", "b", "c", "d"])
+    config = SuiteConfig(bertscore_layers=2)
+    result = run_suite([System("s", CAPTIONS)], data, config, ["bertscore"])
+    assert result.settings["bertscore_encoder"] == "roberta-large"
+    setup = "roberta-large, layer 2, no idf, no baseline rescaling"
+    assert result.settings["bertscore_setup"] == setup
+    from finecap.report import format_table, render_report
+
+    assert format_table(result).splitlines()[0] == f"BERTScore: {setup}"
+    assert f"BERTScore: {setup}" in render_report(result, [])
+    assert result.systems["s"]["BERTScore"] == pytest.approx(float(prf[:, 2].mean()))
+
+
+@needs_encoder
+def test_an_explicit_text_encoder_still_sets_bertscore():
+    from finecap.metrics.suite import EvalContext, EvalData, SuiteConfig
+
+    data = EvalData(image_ids=[0], references=[["a"]], file_names=["a"])
+    assert EvalContext(data, SuiteConfig(text_encoder=ENCODER)).bertscore_encoder == ENCODER
+    both = SuiteConfig(text_encoder=ENCODER, bertscore_encoder="x/y")
+    assert EvalContext(data, both).bertscore_encoder == "x/y"

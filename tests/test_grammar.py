@@ -47,17 +47,52 @@ def _is_subsequence(short: list[str], long: list[str]) -> bool:
     return all(w in it for w in short)
 
 
-def test_repeat_inserts_adjacent_copies_of_one_ngram() -> None:
+def _copies_of_an_ngram(out: list[str]) -> bool:
+    """Whether `out` is WORDS with 1-3 extra copies of one of its n-grams (n in 1..3)."""
+    extra = Counter(out) - Counter(WORDS)
+    grams = [WORDS[i : i + n] for n in (1, 2, 3) for i in range(len(WORDS) - n + 1)]
+    return _is_subsequence(WORDS, out) and any(
+        extra == Counter(gram * r) and len(out) == len(WORDS) + n * r
+        for gram in grams
+        for n in [len(gram)]
+        for r in (1, 2, 3)
+    )
+
+
+def test_repeat_inserts_copies_at_independent_positions() -> None:
+    adjacent = 0
     for seed in SEEDS:
         out = repeat_ngram(WORDS, VOCAB, random.Random(seed))
-        matches = [
-            (i, n, r)
+        assert _copies_of_an_ngram(out), out
+        # finecap's earlier rule: every copy right after the original n-gram
+        adjacent += any(
+            out == WORDS[: i + n] + WORDS[i : i + n] * r + WORDS[i + n :]
             for n in (1, 2, 3)
             for r in (1, 2, 3)
             for i in range(len(WORDS) - n + 1)
-            if out == WORDS[: i + n] + WORDS[i : i + n] * r + WORDS[i + n :]
-        ]
-        assert matches, out
+        )
+    assert adjacent < len(SEEDS) // 2  # most draws put some copy away from the original
+
+
+def test_repeat_copies_are_not_only_next_to_the_original() -> None:
+    words = ["w0", "w1", "w2", "w3", "w4", "w5"]  # distinct: each occurrence is a copy or it
+    gaps = set()
+    for seed in range(500):
+        out = repeat_ngram(words, VOCAB, random.Random(seed))
+        if len(out) == 7:  # one copy of one word: it occurs twice
+            (word,) = Counter(out) - Counter(words)
+            at = [i for i, w in enumerate(out) if w == word]
+            gaps.add(at[1] - at[0])
+            assert [w for i, w in enumerate(out) if i != at[0]] == words or (
+                [w for i, w in enumerate(out) if i != at[1]] == words
+            )
+    assert 1 in gaps and max(gaps) >= 4  # next to it, and far from it
+
+
+def test_insert_never_appends_after_the_last_word() -> None:
+    for seed in SEEDS:
+        out = insert_words(["x", "y"], VOCAB, random.Random(seed))
+        assert out[-1] == "y"
 
 
 def test_remove_drops_n_consecutive_words() -> None:
@@ -153,11 +188,38 @@ def test_training_step_leaves_vision_tower_frozen(tmp_path: Path) -> None:
     )
     task.training_step(batch, 0).backward()
     assert all(p.grad is None for p in frozen)
-    assert clip.logit_scale.grad is None
+    assert clip.logit_scale.grad is not None  # Cho et al. train the temperature
     text_grads = [p.grad for p in clip.text_model.parameters()]
     assert all(g is not None for g in text_grads) and any(g.abs().sum() > 0 for g in text_grads)
     assert all(p.grad is not None for p in model.head.parameters())
     assert clip.text_projection.weight.grad is not None
+
+
+def test_optimiser_is_the_references_and_variants_restore_finecaps(tmp_path: Path) -> None:
+    bundle = load_clip(make_tiny_clip(tmp_path))
+    freeze_vision(bundle.model)
+    dim = bundle.model.config.text_config.hidden_size
+    model = GrammarModel(bundle, GrammarHead(dim), GrammarConfig(hidden_size=dim))
+    feats = torch.randn(4, 16)
+    opt = GrammarTask(model, feats, GrammarTrainConfig()).configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW)  # no scheduler: a constant learning rate
+    decayed, biases = opt.param_groups
+    assert decayed["weight_decay"] == 0.01 and biases["weight_decay"] == 0.0
+    assert opt.defaults["eps"] == 1e-6
+    assert any(p is bundle.model.logit_scale for p in decayed["params"])
+    assert bundle.model.logit_scale.requires_grad
+    named = dict(model.named_parameters())
+    bias_ids = {id(p) for n, p in named.items() if n.endswith("bias") and p.requires_grad}
+    assert {id(p) for p in biases["params"]} == bias_ids and bias_ids
+
+    cfg = GrammarTrainConfig(schedule="warmup_cosine", train_logit_scale=False)
+    task = GrammarTask(model, feats, cfg)
+    assert not bundle.model.logit_scale.requires_grad
+    task._trainer = type("T", (), {"estimated_stepping_batches": 100})()  # just the step count
+    out = task.configure_optimizers()
+    assert set(out) == {"optimizer", "lr_scheduler"}
+    trained = [p for group in out["optimizer"].param_groups for p in group["params"]]
+    assert all(p is not bundle.model.logit_scale for p in trained)
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +296,47 @@ def test_cli_flags_reach_the_config() -> None:
     assert options.train == expected
     _, options, _ = parse(["grammar", "score", "--model", "m", "a red circle", "red red"])
     assert (options.model, options.texts) == ("m", ["a red circle", "red red"])
+
+
+def _grammar_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """(original CLIP folder, grammar folder whose text tower differs from it)."""
+    original = make_tiny_clip(tmp_path)
+    bundle = load_clip(original)
+    with torch.no_grad():  # stands in for fine-tuning: the text tower moves, vision does not
+        bundle.model.text_projection.weight.mul_(-1)
+    dim = bundle.model.config.text_config.hidden_size
+    folder = tmp_path / "grammar"
+    GrammarModel(bundle, GrammarHead(dim), GrammarConfig(hidden_size=dim)).save_pretrained(folder)
+    return original, folder
+
+
+def test_clip_s_from_grammar_scores_with_the_grammar_folders_clip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from finecap.rewards import RewardBatch, create_reward, rewards_from_config
+
+    original, folder = _grammar_folder(tmp_path)
+    images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
+    batch = RewardBatch(["a red dog", "a blue cat"], images=images)
+    by_folder = create_reward("clip_s", clip=str(folder))(batch)
+    by_original = create_reward("clip_s", clip=str(original))(batch)
+    assert not torch.allclose(by_folder, by_original)
+    for model in (str(folder), GrammarModel.from_pretrained(folder)):
+        terms = [{"name": "clip_s", "clip_from": "grammar"}, {"name": "grammar", "model": model}]
+        (_, clip_s), _ = rewards_from_config(terms).terms
+        torch.testing.assert_close(clip_s(batch), by_folder)
+
+
+def test_clip_from_grammar_is_checked_when_the_recipe_loads() -> None:
+    from finecap.errors import UserError
+    from finecap.train.config import load_config
+
+    recipe = "scst_scenes_clip_s_grammar"
+    (clip_s, grammar) = load_config(recipe).scst.rewards
+    assert (clip_s.clip_from, clip_s.clip, clip_s.weight) == ("grammar", None, 2.0)
+    assert grammar.weight == 1.0
+    with pytest.raises(UserError, match="leave `clip` unset"):
+        load_config(recipe, ["scst.rewards.0.clip=runs/clip"])
+    with pytest.raises(UserError, match="there is no grammar term"):
+        load_config(recipe, ["scst.rewards=[{name: clip_s, clip_from: grammar}]"])
+    assert load_config(recipe, ["scst.rewards.0.clip_from=clip", "scst.rewards.0.clip=c"])

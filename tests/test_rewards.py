@@ -149,7 +149,7 @@ def test_contrastive_clamps_and_needs_two_images() -> None:
 def test_contrastive_reward_uses_clip_scale(scorer: ClipScorer) -> None:
     images = _images(3)
     batch = RewardBatch(captions=CAPTIONS, images=images)
-    reward = create_reward("contrastive", clip=scorer)
+    reward = create_reward("contrastive", clip=scorer, neighbours=[])  # the batch images only
     img = scorer.embedder.embed_images(images)
     txt = scorer.embedder.embed_texts(CAPTIONS)
     expected = _contrastive_loop(img, txt, scorer.logit_scale)
@@ -175,12 +175,15 @@ def test_discriminator_learns_to_separate() -> None:
         disc.update(img, ref, gen)
 
 
-def test_discriminator_reward_scores_then_updates(scorer: ClipScorer) -> None:
+def test_discriminator_reward_scores_only_and_updates_on_request(scorer: ClipScorer) -> None:
     reward = create_reward("discriminator", clip=scorer, hidden=(16,))
     batch = RewardBatch(captions=CAPTIONS, images=_images(3), references=[["a"], ["b"], ["c"]])
     before = [p.clone() for p in reward.discriminator.parameters()]
     scores = reward(batch)
     assert scores.shape == (6,) and ((scores > 0) & (scores < 1)).all()
+    unchanged = zip(before, reward.discriminator.parameters(), strict=True)
+    assert reward.last_loss is None and all(torch.equal(a, p) for a, p in unchanged)
+    reward.update(batch)  # the one online step: captions generated, references human
     assert reward.last_loss is not None
     assert any(
         not torch.equal(a, p)
@@ -216,7 +219,7 @@ def test_rewards_from_config_shares_one_clip(tmp_path) -> None:
     total = rewards_from_config(
         [
             {"name": "clip_s", "weight": 1.0, "clip": folder},
-            {"name": "contrastive", "weight": 0.5, "clip": folder},
+            {"name": "contrastive", "weight": 0.5, "clip": folder, "neighbours": []},
         ]
     )
     (w1, r1), (w2, r2) = total.terms

@@ -45,8 +45,8 @@ TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
         "finecap.commands.pairwise",
         "human A/B comparison of two systems",
         {
-            "make": "write the blind comparison page",
-            "tally": "win/lose/tie from judgments",
+            "make": "write the blind comparison page and its key (PAGE.key.json)",
+            "tally": "un-blind judgments with the key: win/lose/tie, sign test, kappa",
             "judge": "answer a page from the ground-truth scenes (--oracle)",
         },
     ),
@@ -65,6 +65,11 @@ TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
             "train": "fine-tune a CLIP text encoder with a grammar head",
             "score": "print g(c), the probability each text is fluent",
         },
+    ),
+    "discriminator": (
+        "finecap.commands.discriminator",
+        "Chaffin et al.'s discriminator (references vs generated captions)",
+        {"train": "pre-train it for the discriminator reward's `pretrained:`"},
     ),
     "reproduce": (
         "finecap.commands.reproduce",

@@ -1,274 +1,304 @@
 """Human pairwise evaluation (Cho et al. 2022, Table 4): which of two captions is better?
 
-`make_items` draws a seeded sample of images captioned by both systems A and B and puts
-the two captions in a seeded random left/right order; `render_page` writes one
-self-contained HTML page (images embedded) that asks, per image, for the better caption on
-five criteria with ties allowed. The page stores per item which side is A, so the saved
-judgments can be un-blinded; the annotator sees only "Caption 1" / "Caption 2".
+A study is three kinds of file:
 
-"Save" downloads `judgments.json` (a Blob link) and also shows the same JSON in a text
-box, for browsers that block downloads. `read_page` gives back what a page embeds (the
-items, which side is A) to judges that are programs (`finecap.scenes.oracle`). `tally`
-un-blinds any number of judgment files and counts, per criterion, how often A wins, loses or
-ties against B. `load_judgments` checks a
-file's every item (a `JudgmentsError` names the file, the item and the fault), and
-`load_judgment_files` counts a file given twice -- the same path, or the same judgments under
-another name -- once.
+- the page (`finecap.pairwise_page`), HTML for annotators: per item the two captions in a
+  seeded random left/right order, five criteria, ties allowed. It names neither system.
+- the key (`PAGE.key.json` beside it; keep it from annotators): the systems' names, the side
+  system A is shown on per item, and the sampled images both systems captioned the same
+  (equal up to case and spacing), which are left off the page and counted as ties.
+- judgments, one file per annotator, saved from the page: the page's id, the annotator, and
+  per item its number (from 1) and choices: criterion -> "left" | "right" | "tie" | null.
+
+`make_sample` draws the seeded sample; `write_study` writes page and key; `read_page`,
+`read_key` and `load_judgments` read them back, every error naming the file and the fault
+(`load_judgment_files` counts a file given twice, or the same answers saved again, once).
+`finecap.pairwise_tally.tally` un-blinds judgments with the key and counts them.
+
+    sample = make_sample(a_captions, b_captions, image_paths, n=50, seed=0)
+    write_study("pairwise.html", "pairwise.key.json", sample, "mle", "scst")
+    docs = load_judgment_files(["judgments-ann.json", "judgments-bob.json"])
+    print(format_tally(tally(read_key("pairwise.key.json"), docs)))  # finecap.pairwise_tally
 """
 
 from __future__ import annotations
 
-import html
+import hashlib
 import json
 import os
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from finecap.errors import UserError
 from finecap.io import atomic_write_text
 
 CRITERIA = ("overall", "background", "object", "attribute", "relation")
-JUDGMENTS_FORMAT = "finecap-pairwise-judgments/1"
+PAGE_FORMAT = "finecap-pairwise-page/2"
+KEY_FORMAT = "finecap-pairwise-key/1"
+JUDGMENTS_FORMAT = "finecap-pairwise-judgments/2"
 SIDES = ("left", "right")
 CHOICES = (*SIDES, "tie")
 
 
-class JudgmentsError(UserError, ValueError):
-    """A judgments file that cannot be read or is malformed; the message names file and item."""
-
-
-class PageError(UserError, ValueError):
-    """A file that is not a page `render_page` wrote; the message names it."""
+class PairwiseError(UserError, ValueError):
+    """A page, key or judgments file that cannot be read, is malformed or does not belong
+    with the others; the message names the file (and item) and the fault."""
 
 
 @dataclass
 class PairItem:
-    item: int  # position on the page
+    item: int  # number on the page, from 1
     image_id: int | str
-    image_uri: str | None  # data: URI of the image
+    image_uri: str | None  # data: URI of the image; None on a text-only page
     left: str  # caption shown as "Caption 1"
     right: str  # caption shown as "Caption 2"
-    a_side: str  # "left" | "right": where system A's caption is
+    a_side: str  # "left" | "right": where system A's caption is (goes to the key only)
 
 
-def make_items(
+@dataclass
+class Sample:
+    items: list[PairItem]  # shown on the page
+    identical: dict[int | str, str]  # image id -> the caption both systems gave; ties
+    seed: int
+
+
+def _same(x: str, y: str) -> bool:
+    """Captions a reader cannot tell apart: equal up to case and spacing."""
+    return " ".join(x.split()).casefold() == " ".join(y.split()).casefold()
+
+
+def make_sample(
     a: Mapping[int | str, str],
     b: Mapping[int | str, str],
-    image_paths: Mapping[int | str, Path],
+    image_paths: Mapping[int | str, Path] | None = None,
     n: int = 50,
     seed: int = 0,
-) -> list[PairItem]:
-    """A seeded sample of `n` images captioned by both systems, sides shuffled per item."""
+) -> Sample:
+    """A seeded sample of `n` images captioned by both systems (and with an image file,
+    unless `image_paths` is None: a text-only page), sides shuffled per item; images whose
+    two captions are the same are set apart as ties."""
     from finecap.report import image_data_uri
 
-    common = sorted((k for k in a if k in b and k in image_paths), key=str)
+    common = sorted((k for k in a if k in b and (image_paths is None or k in image_paths)), key=str)
     if not common:
         raise ValueError("no image is captioned by both systems and has an image file")
     rnd = random.Random(seed)
-    chosen = rnd.sample(common, min(n, len(common)))
-    items = []
-    for k, image_id in enumerate(chosen):
-        a_side = rnd.choice(SIDES)
-        left, right = (a[image_id], b[image_id]) if a_side == "left" else (b[image_id], a[image_id])
-        uri = image_data_uri(image_paths[image_id], max_side=384)
-        items.append(PairItem(k, image_id, uri, left, right, a_side))
-    return items
+    items: list[PairItem] = []
+    identical: dict[int | str, str] = {}
+    for image_id in rnd.sample(common, min(n, len(common))):
+        a_side = rnd.choice(SIDES)  # drawn for every image: the sides do not hang on ties
+        if _same(a[image_id], b[image_id]):
+            identical[image_id] = a[image_id]
+            continue
+        x, y = a[image_id], b[image_id]
+        left, right = (x, y) if a_side == "left" else (y, x)
+        uri = None if image_paths is None else image_data_uri(image_paths[image_id], max_side=384)
+        items.append(PairItem(len(items) + 1, image_id, uri, left, right, a_side))
+    return Sample(items, identical, seed)
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
-.item { border-top: 1px solid #ccc; padding: 1em 0; display: flex; gap: 1.5em; }
-.item img { width: 320px; height: auto; }
-.caption { margin: 0.3em 0; } .caption b { display: inline-block; width: 6em; }
-table { border-collapse: collapse; margin-top: 0.6em; }
-td, th { padding: 0.15em 0.6em; text-align: center; } td.criterion { text-align: left; }
-#bar { position: sticky; top: 0; background: #fff; padding: 0.5em 0;
-       border-bottom: 1px solid #ccc; }
-textarea { width: 100%; height: 8em; font-family: monospace; }
-"""
+def page_id(sample: Sample) -> str:
+    """Names a page (and its key, its judgments, its answers kept in a browser): a hash of
+    what the page shows, so making the same page again gives the same id."""
+    shown = [[str(it.image_id), it.left, it.right] for it in sample.items]
+    text = json.dumps([sample.seed, shown, sorted(map(str, sample.identical))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-_SCRIPT = """
-const DATA = JSON.parse(document.getElementById('pairwise-data').textContent);
-const CRITERIA = DATA.criteria;
-function collect() {
-  const items = DATA.items.map(it => {
-    const choices = {};
-    for (const c of CRITERIA) {
-      const el = document.querySelector(`input[name="i${it.item}-${c}"]:checked`);
-      choices[c] = el ? el.value : null;
+
+def page_data(sample: Sample, key_name: str) -> dict:
+    """What the page embeds for its script and for program judges: nothing that un-blinds."""
+    return {
+        "format": PAGE_FORMAT,
+        "judgments_format": JUDGMENTS_FORMAT,
+        "page_id": page_id(sample),
+        "key": key_name,
+        "criteria": list(CRITERIA),
+        "identical": len(sample.identical),
+        "items": [
+            {"item": it.item, "image_id": it.image_id, "left": it.left, "right": it.right}
+            for it in sample.items
+        ],
     }
-    return {item: it.item, image_id: it.image_id, a_side: it.a_side, choices: choices};
-  });
-  return {format: DATA.format, a: DATA.a, b: DATA.b, seed: DATA.seed,
-          annotator: document.getElementById('annotator').value, saved: new Date().toISOString(),
-          items: items};
-}
-function updateProgress() {
-  const doc = collect();
-  const done = doc.items.filter(it => CRITERIA.every(c => it.choices[c] !== null)).length;
-  document.getElementById('progress').textContent = `${done} of ${doc.items.length} images done`;
-}
-function save() {
-  const text = JSON.stringify(collect(), null, 1);
-  document.getElementById('judgments-json').value = text;
-  const url = URL.createObjectURL(new Blob([text], {type: 'application/json'}));
-  const link = document.getElementById('download');
-  link.href = url;
-  link.download = 'judgments.json';
-  link.click();
-}
-document.addEventListener('change', updateProgress);
-document.getElementById('save').addEventListener('click', save);
-updateProgress();
-"""
 
 
-def _render_item(it: PairItem) -> str:
-    esc = html.escape
-    image = f"<img src='{it.image_uri}' alt='image'>" if it.image_uri else "<i>no image</i>"
-    rows = []
-    for c in CRITERIA:
-        cells = "".join(
-            f"<td><input type='radio' name='i{it.item}-{c}' value='{v}' "
-            f"id='i{it.item}-{c}-{v}' aria-label='{c}: {label}'></td>"
-            for v, label in (("left", "Caption 1"), ("right", "Caption 2"), ("tie", "tie"))
-        )
-        rows.append(f"<tr><td class='criterion'>{c}</td>{cells}</tr>")
-    return (
-        f"<div class='item' id='item-{it.item}'><div>{image}</div><div>"
-        f"<div class='caption'><b>Caption 1</b> {esc(it.left)}</div>"
-        f"<div class='caption'><b>Caption 2</b> {esc(it.right)}</div>"
-        "<table><tr><th></th><th>Caption 1</th><th>Caption 2</th><th>tie</th></tr>"
-        f"{''.join(rows)}</table></div></div>"
-    )
-
-
-def render_page(
-    items: Sequence[PairItem], a_name: str, b_name: str, seed: int, title: str = "Which caption?"
-) -> str:
-    """The self-contained judging page."""
-    data = {
-        "format": JUDGMENTS_FORMAT,
+def key_data(sample: Sample, a_name: str, b_name: str) -> dict:
+    return {
+        "format": KEY_FORMAT,
+        "page_id": page_id(sample),
         "a": a_name,
         "b": b_name,
-        "seed": seed,
-        "criteria": list(CRITERIA),
-        "items": [{k: v for k, v in asdict(it).items() if k != "image_uri"} for it in items],
+        "seed": sample.seed,
+        "items": [
+            {"item": it.item, "image_id": it.image_id, "a_side": it.a_side} for it in sample.items
+        ],
+        "identical": [{"image_id": i, "caption": c} for i, c in sample.identical.items()],
     }
-    # "</script" or "<!--" in a caption must not end the script element; JSON reads \u003c.
-    payload = json.dumps(data).replace("<", "\\u003c")
-    intro = (
-        "For each image, pick the better caption on each criterion (or tie): "
-        "<b>overall</b> quality, <b>background</b>, <b>object</b>s, their <b>attribute</b>s "
-        "(colour, size, texture) and <b>relation</b>s. Then press Save and send the file."
-    )
-    return "\n".join(
-        [
-            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{intro}</p>",
-            "<div id='bar'>Annotator: <input id='annotator' size='12'> "
-            "<span id='progress'></span> <button id='save'>Save judgments</button> "
-            "<a id='download' style='display:none'>download</a></div>",
-            "".join(_render_item(it) for it in items),
-            "<h2>Saved judgments</h2><textarea id='judgments-json' readonly></textarea>",
-            f"<script type='application/json' id='pairwise-data'>{payload}</script>",
-            f"<script>{_SCRIPT}</script></body></html>\n",
-        ]
-    )
 
 
-def write_page(path: str | os.PathLike, items: Sequence[PairItem], a_name, b_name, seed) -> None:
-    atomic_write_text(path, render_page(items, a_name, b_name, seed))
+def key_path_for(page: str | os.PathLike) -> Path:
+    """Where `write_study` puts a page's key by default: PAGE.key.json beside it."""
+    return Path(page).with_suffix(".key.json")
+
+
+def write_study(
+    page_path: str | os.PathLike,
+    key_path: str | os.PathLike,
+    sample: Sample,
+    a_name: str,
+    b_name: str,
+    title: str = "Which caption?",
+) -> str:
+    """Write the key, then the page; returns the page id. An existing key of another page
+    is refused: the judgments of that page cannot be un-blinded without it."""
+    from finecap.pairwise_page import render_page
+
+    key_path = Path(key_path)
+    key_text = json.dumps(key_data(sample, a_name, b_name), indent=1) + "\n"
+    if key_path.exists():
+        try:
+            same = key_path.read_text(encoding="utf-8") == key_text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            raise PairwiseError(
+                f"{key_path}: exists and is not this page's key (the judgments of its page "
+                "need it); move it away or write elsewhere (--out, --key)"
+            )
+    data = page_data(sample, key_path.name)
+    atomic_write_text(key_path, key_text)
+    html = render_page(data, [it.image_uri for it in sample.items], title)
+    atomic_write_text(page_path, html)
+    return data["page_id"]
+
+
+def _read_json(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """The JSON object in `path` whose "format" is `fmt`; a `PairwiseError` otherwise."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PairwiseError(f"{path}: no such file") from None
+    except OSError as err:  # a folder, no permission
+        raise PairwiseError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise PairwiseError(f"{path}: not UTF-8 text (bad byte at {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise PairwiseError(
+            f"{path}: invalid JSON at line {err.lineno} col {err.colno}: {err.msg}"
+        ) from None
+    got = doc.get("format") if isinstance(doc, dict) else None
+    if got != fmt:
+        kinds = {KEY_FORMAT: "it is a key", JUDGMENTS_FORMAT: "it is a judgments file"}
+        why = kinds.get(got) or (
+            f"format {got!r}: remake the page with this finecap"
+            if isinstance(got, str) and got.startswith("finecap-pairwise-")
+            else None
+        )
+        raise PairwiseError(
+            f"{path}: not a finecap pairwise {what} ({fmt})" + (f"; {why}" if why else "")
+        )
+    return doc
 
 
 _PAGE_DATA = re.compile(r"<script type='application/json' id='pairwise-data'>(.*?)</script>", re.S)
 
 
 def read_page(path: str | os.PathLike) -> dict:
-    """The data a page embeds: format, a, b, seed, criteria and the items (item, image_id,
-    left, right, a_side), as `render_page` wrote them."""
+    """The data a page embeds (`page_data`): page_id, key, criteria, identical and the items
+    (item, image_id, left, right)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PageError(f"{path}: no such file") from None
+        raise PairwiseError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise PageError(f"{path}: cannot read it ({err})") from None
+        raise PairwiseError(f"{path}: cannot read it ({err})") from None
     found = _PAGE_DATA.search(text)
     try:
         data = json.loads(found.group(1)) if found else None
     except json.JSONDecodeError:
         data = None
-    if not isinstance(data, dict) or data.get("format") != JUDGMENTS_FORMAT:
-        raise PageError(f"{path}: not a page of `finecap pairwise make` (no pairwise data in it)")
+    if not isinstance(data, dict) or data.get("format") != PAGE_FORMAT:
+        raise PairwiseError(
+            f"{path}: not a page of `finecap pairwise make` (no {PAGE_FORMAT} data in it)"
+        )
     return data
+
+
+@dataclass
+class StudyKey:
+    page_id: str
+    a: str
+    b: str
+    a_side: dict[int, str]  # item -> the side system A's caption is shown on
+    identical: int  # sampled images left off the page, both captions the same: ties
+    source: str = "key"  # its file, for messages
+
+
+def read_key(path: str | os.PathLike) -> StudyKey:
+    """Read and check a key `write_study` wrote."""
+    doc = _read_json(path, KEY_FORMAT, "key (written beside the page by `finecap pairwise make`)")
+    fault = None
+    if not all(isinstance(doc.get(k), str) for k in ("page_id", "a", "b")):
+        fault = '"page_id", "a" and "b" must be strings'
+    elif not isinstance(doc.get("items"), list) or not isinstance(doc.get("identical"), list):
+        fault = '"items" and "identical" must be lists'
+    elif not all(isinstance(it, dict) and it.get("a_side") in SIDES for it in doc["items"]):
+        fault = 'every item needs an "a_side" of "left" or "right"'
+    else:
+        a_side = {it.get("item"): it["a_side"] for it in doc["items"]}
+        if len(a_side) != len(doc["items"]) or not all(type(i) is int for i in a_side):
+            fault = 'item numbers ("item") must be unique integers'
+    if fault:
+        raise PairwiseError(f"{path}: {fault}")
+    return StudyKey(doc["page_id"], doc["a"], doc["b"], a_side, len(doc["identical"]), str(path))
 
 
 def load_judgments(path: str | os.PathLike) -> dict:
     """Read one saved judgments file, checking its format and every item."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise JudgmentsError(f"{path}: no such file") from None
-    except OSError as err:  # a folder, no permission
-        raise JudgmentsError(f"{path}: cannot read it ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise JudgmentsError(f"{path}: not UTF-8 text (bad byte at {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise JudgmentsError(
-            f"{path}: invalid JSON at line {err.lineno} col {err.colno}: {err.msg}"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("format") != JUDGMENTS_FORMAT:
-        raise JudgmentsError(f"{path}: not a finecap pairwise judgments file ({JUDGMENTS_FORMAT})")
+    doc = _read_json(path, JUDGMENTS_FORMAT, "judgments file")
     check_judgments(doc, str(path))
     return doc
 
 
 def check_judgments(doc: dict, where: str) -> None:
-    """Raise a `JudgmentsError` ("WHERE: items[K] (item N): fault") unless `doc` holds system
-    names a and b and a list of items, each with a unique "item", an "a_side" of left/right
-    and "choices" mapping criteria to left/right/tie or null (unanswered)."""
-    for key in ("a", "b"):
-        if not isinstance(doc.get(key), str):
-            raise JudgmentsError(f'{where}: "{key}" (a system name) must be a string')
+    """Raise a `PairwiseError` ("WHERE: items[K] (item N): fault") unless `doc` holds a page
+    id and a list of items, each with a unique integer "item" and "choices" mapping criteria
+    to left/right/tie or null (unanswered)."""
+    if not isinstance(doc.get("page_id"), str):
+        raise PairwiseError(f'{where}: "page_id" (the page judged) must be a string')
     items = doc.get("items")
     if not isinstance(items, list):
-        raise JudgmentsError(f'{where}: "items" must be a list')
+        raise PairwiseError(f'{where}: "items" must be a list')
     seen: set[int] = set()
     for k, it in enumerate(items):
         at = f"{where}: items[{k}]"
         if not isinstance(it, dict):
-            raise JudgmentsError(f"{at}: expected an object")
+            raise PairwiseError(f"{at}: expected an object")
         number = it.get("item")
         if not isinstance(number, int) or isinstance(number, bool):
-            raise JudgmentsError(f'{at}: "item" must be an integer, got {number!r}')
+            raise PairwiseError(f'{at}: "item" must be an integer, got {number!r}')
         at += f" (item {number})"
         if number in seen:
-            raise JudgmentsError(f"{at}: item {number} is judged twice in this file")
+            raise PairwiseError(f"{at}: item {number} is judged twice in this file")
         seen.add(number)
-        if it.get("a_side") not in SIDES:
-            raise JudgmentsError(
-                f'{at}: "a_side" must be "left" or "right", got {it.get("a_side")!r}'
-            )
         choices = it.get("choices")
         if not isinstance(choices, dict):
-            raise JudgmentsError(f'{at}: "choices" must be an object {{criterion: choice}}')
+            raise PairwiseError(f'{at}: "choices" must be an object {{criterion: choice}}')
         for c, choice in choices.items():
             if c not in CRITERIA:
-                raise JudgmentsError(
-                    f"{at}: unknown criterion {c!r} (known: {', '.join(CRITERIA)})"
-                )
+                raise PairwiseError(f"{at}: unknown criterion {c!r} (known: {', '.join(CRITERIA)})")
             if choice is not None and choice not in CHOICES:
-                raise JudgmentsError(f"{at}: unknown choice {choice!r} for {c}")
+                raise PairwiseError(f"{at}: unknown choice {choice!r} for {c}")
 
 
 def load_judgment_files(
     paths: Sequence[str | os.PathLike], note: Callable[[str], None] | None = None
 ) -> dict[str, dict]:
     """{path: `load_judgments(path)`}, in order, leaving out a file given again: the same path
-    (however spelled) or the same judgments under another name; `note` hears why."""
+    (however spelled) or the same answers under another name or saved at another time; `note`
+    hears why."""
     docs: dict[str, dict] = {}
     by_path: dict[str, str] = {}
     by_content: dict[str, str] = {}
@@ -280,7 +310,7 @@ def load_judgment_files(
             continue
         by_path[real] = path
         doc = load_judgments(path)
-        content = json.dumps(doc, sort_keys=True)
+        content = json.dumps({k: v for k, v in doc.items() if k != "saved"}, sort_keys=True)
         if content in by_content:
             if note:
                 note(f"{path}: the same judgments as {by_content[content]}; counted once")
@@ -288,55 +318,3 @@ def load_judgment_files(
         by_content[content] = path
         docs[path] = doc
     return docs
-
-
-@dataclass
-class Tally:
-    a: str
-    b: str
-    counts: dict[str, dict[str, int]]  # criterion -> {"A": wins of A, "B": wins of B, "tie"}
-
-    def percentages(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for c, n in self.counts.items():
-            total = sum(n.values())
-            out[c] = {k: (100 * v / total if total else 0.0) for k, v in n.items()}
-        return out
-
-
-def tally(docs: Sequence[dict], sources: Sequence[str] | None = None) -> Tally:
-    """Un-blind and count judgments; unanswered criteria are left out of their counts.
-    `sources` names each doc (its file) in error messages."""
-    if not docs:
-        raise JudgmentsError("no judgments to tally")
-    sources = list(sources or (f"judgments {i + 1}" for i in range(len(docs))))
-    first_of: dict[tuple[str, str], str] = {}
-    for doc, where in zip(docs, sources, strict=True):
-        check_judgments(doc, where)
-        first_of.setdefault((doc["a"], doc["b"]), where)
-    if len(first_of) > 1:
-        shown = "; ".join(f"{where}: A = {a}, B = {b}" for (a, b), where in first_of.items())
-        raise JudgmentsError(f"the judgment files compare different systems ({shown})")
-    counts = {c: {"A": 0, "B": 0, "tie": 0} for c in CRITERIA}
-    for doc in docs:
-        for it in doc["items"]:
-            for c in CRITERIA:
-                choice = it["choices"].get(c)
-                if choice is None:
-                    continue
-                key = "tie" if choice == "tie" else ("A" if choice == it["a_side"] else "B")
-                counts[c][key] += 1
-    ((a, b),) = first_of
-    return Tally(a, b, counts)
-
-
-def format_tally(t: Tally) -> str:
-    """Win / lose / tie percentages of A against B, one row per criterion."""
-    lines = [
-        f"A = {t.a}, B = {t.b}",
-        f"{'criterion':12s} {'A wins':>7s} {'B wins':>7s} {'tie':>6s}   n",
-    ]
-    for c, pct in t.percentages().items():
-        n = sum(t.counts[c].values())
-        lines.append(f"{c:12s} {pct['A']:6.1f}% {pct['B']:6.1f}% {pct['tie']:5.1f}% {n:4d}")
-    return "\n".join(lines)

@@ -43,13 +43,33 @@ def format_value(result: SuiteResult, metric: str, value: float | None) -> str:
     return f"{shown:.0f}" if metric == "Vocabulary" else f"{shown:.1f}"
 
 
+# Metric groups whose numbers depend on a choice the column name does not show: the tables
+# holding them say it, from the setting the group writes (group -> (label, settings key)).
+TABLE_NOTES = {
+    "bertscore": ("BERTScore", "bertscore_setup"),
+    "finecapeval": ("FineCapEval", "finecapeval_rule"),
+}
+
+
+def table_notes(result: SuiteResult, columns: Sequence[str]) -> list[str]:
+    """Lines such as "BERTScore: roberta-large, layer 17, ..." for the groups in `columns`."""
+    shown = set(columns)
+    notes = []
+    for group in list_metrics():
+        label, key = TABLE_NOTES.get(group.name, ("", ""))
+        if key and shown & set(group.metrics) and result.settings.get(key):
+            notes.append(f"{label}: {result.settings[key]}")
+    return notes
+
+
 def format_table(result: SuiteResult) -> str:
-    """Systems as rows, metrics as columns; x100 except unscaled metrics."""
+    """Systems as rows, metrics as columns; x100 except unscaled metrics. Notes naming the
+    BERTScore encoder and the FineCapEval rule come first."""
     columns = table_columns(result)
     name_w = max([len("system")] + [len(s) for s in result.systems])
     widths = [max(len(m), 5) for m in columns]
     header = ["system".ljust(name_w)] + [m.rjust(w) for m, w in zip(columns, widths, strict=True)]
-    lines = [" ".join(header)]
+    lines = [*table_notes(result, columns), " ".join(header)]
     for name, scores in result.systems.items():
         cells = [
             format_value(result, m, scores.get(m)).rjust(w)
@@ -100,7 +120,8 @@ def _metrics_table(result: SuiteResult, columns: Sequence[str]) -> str:
     for name, scores in result.systems.items():
         cells = "".join(f"<td>{format_value(result, m, scores.get(m))}</td>" for m in columns)
         rows.append(f'<tr><td class="name">{esc(name)}</td>{cells}</tr>')
-    return f"<table class='metrics'><tr><th>system</th>{head}</tr>{''.join(rows)}</table>"
+    notes = "".join(f"<p class='muted'>{esc(n)}</p>" for n in table_notes(result, columns))
+    return f"{notes}<table class='metrics'><tr><th>system</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _paper_tables(result: SuiteResult) -> list[str]:

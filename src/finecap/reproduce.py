@@ -4,10 +4,13 @@ Steps, each a library call a user could make from Python (or the matching comman
  1. generate the scenes world (`write_world`)                 -> DIR/scenes/
  2. train the scenes CLIP (`train_clip`, Hugging Face format)  -> DIR/clip/
  3. train the grammar head (`train_grammar`)                   -> DIR/grammar/
+    and pre-train Chaffin et al.'s discriminator on the MLE
+    model's captions (`train_discriminator`)                  -> DIR/discriminator/
  4. MLE captioner (transformer decoder, `train`)               -> DIR/captioners/MLE/
  5. SCST from the MLE model, one run per reward (`SYSTEMS`)    -> DIR/captioners/NAME/
     (each captioner then captions the test split               -> DIR/predictions/NAME.json)
  6. the evaluation suite on all systems (+ Reference)          -> DIR/metrics.json, report.html
+    and Cho et al.'s Table 4 by the oracle annotator            -> DIR/table4.json, .md
 Steps run as soon as what they need exists, `jobs` (default 2) at a time in worker processes,
 each logging to DIR/logs/STEP.log; the seconds of each land in DIR/timings.json.
 
@@ -43,7 +46,12 @@ from typing import TYPE_CHECKING, Any
 
 # Only light imports here (torch, Lightning and the models are imported where used): every
 # worker imports this module first, whichever step it runs (10 s saved per worker).
-from finecap.clip.config import ClipTrainConfig, GrammarTrainConfig, ScenesClipConfig
+from finecap.clip.config import (
+    ClipTrainConfig,
+    DiscriminatorTrainConfig,
+    GrammarTrainConfig,
+    ScenesClipConfig,
+)
 from finecap.config import Settings, merge
 from finecap.errors import UserError
 from finecap.io import FolderLock, atomic_write_text
@@ -52,7 +60,7 @@ from finecap.scenes.generate import WorldConfig, write_world
 if TYPE_CHECKING:
     from finecap.train.config import TrainConfig
 
-CLIP, GRAMMAR, MLE = "scenes CLIP", "grammar head", "MLE"
+CLIP, GRAMMAR, MLE, DISC = "scenes CLIP", "grammar head", "MLE", "discriminator"
 MARKERS = ".steps"  # DIR/.steps/STEP.done: the step finished
 
 
@@ -72,7 +80,7 @@ SYSTEMS = [
     System("CIDEr+CLIP-S", "scst_scenes_cider_clip_s", (MLE, CLIP)),
     System("CLIP-S+Grammar", "scst_scenes_clip_s_grammar", (MLE, CLIP, GRAMMAR)),
     System("Contrastive", "scst_scenes_contrastive", (MLE, CLIP)),
-    System("Contrastive+Disc", "scst_scenes_contrastive_disc", (MLE, CLIP)),
+    System("Contrastive+Disc", "scst_scenes_contrastive_disc", (MLE, CLIP, DISC)),
     System("Contrastive+GT", "scst_scenes_contrastive_gt", (MLE, CLIP)),
 ]
 SCST_SYSTEMS = [s.name for s in SYSTEMS]
@@ -92,6 +100,7 @@ class ReproduceSettings(Settings):
     clip_arch: ScenesClipConfig = ScenesClipConfig()
     clip: ClipTrainConfig = ClipTrainConfig()
     grammar: GrammarTrainConfig = GrammarTrainConfig()
+    discriminator: DiscriminatorTrainConfig = DiscriminatorTrainConfig()
     mle: dict[str, Any] = {}
     scst: dict[str, Any] = {}
 
@@ -111,6 +120,7 @@ QUICK = ReproduceSettings(
     clip_arch=ScenesClipConfig(hidden=64, layers=2),
     clip=ClipTrainConfig(epochs=3),
     grammar=GrammarTrainConfig(epochs=1),
+    discriminator=DiscriminatorTrainConfig(epochs=2),
     mle={
         "optim": {"max_epochs": 3},
         "model": {"encoder": {"width": 64}, "decoder": {"hidden_size": 128}},
@@ -124,7 +134,8 @@ def captioner_config(
 ) -> TrainConfig:
     """A recipe with this run's changes, dataset and threads, its reward models pointed at
     this run's own CLIP and grammar head (by the type of each reward term's settings)."""
-    from finecap.rewards.clip_rewards import ClipRewardConfig
+    from finecap.rewards.clip_rewards import ClipRewardConfig, ClipSConfig
+    from finecap.rewards.discriminator import DiscriminatorConfig
     from finecap.rewards.grammar import GrammarRewardConfig
     from finecap.train.config import load_config
 
@@ -132,8 +143,12 @@ def captioner_config(
     run["trainer"] = {"threads": threads}
     config = load_config(recipe, **merge(changes, run))
     for term in config.scst.rewards if config.scst else ():
-        if isinstance(term, ClipRewardConfig):
+        if isinstance(term, ClipSConfig) and term.clip_from == "grammar":
+            pass  # scores with the grammar term's fine-tuned CLIP (Cho et al.), set below
+        elif isinstance(term, ClipRewardConfig):
             term.clip = str(paths["clip"])
+        if isinstance(term, DiscriminatorConfig):
+            term.pretrained = str(paths["discriminator"])
         if isinstance(term, GrammarRewardConfig):
             term.model = str(paths["grammar"])
     return config
@@ -193,6 +208,15 @@ def _grammar(paths: dict, settings: ReproduceSettings, threads: int) -> None:
     train_grammar(paths["clip"], paths["dataset"], paths["grammar"], settings.grammar)
 
 
+def _discriminator(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    from finecap.rewards.discriminator import train_discriminator
+
+    mle = paths["captioners"] / MLE / "model"
+    train_discriminator(
+        paths["dataset"], paths["clip"], paths["discriminator"], settings.discriminator, mle
+    )
+
+
 def _captioner(
     name: str, recipe: str, init: Path | None, changes: dict, paths: dict, threads: int
 ) -> None:
@@ -226,6 +250,7 @@ def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
         "grammar": out / "grammar",
         "captioners": out / "captioners",
         "predictions": out / "predictions",
+        "discriminator": out / "discriminator",
     }
     mle = paths["captioners"] / MLE / "model"
     # The legacy proofs are the files these steps write last, atomically, after the weights.
@@ -236,6 +261,8 @@ def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
         _captioner_step(MLE, ("scenes world",), MLE_RECIPE, None, settings.mle, paths),
         Step(GRAMMAR, (paths["grammar"],), (CLIP,), _grammar, (paths, settings),
              legacy=paths["grammar"] / "grammar_eval.json"),
+        Step(DISC, (paths["discriminator"],), (CLIP, MLE), _discriminator, (paths, settings),
+             legacy=paths["discriminator"] / "discriminator_eval.json"),
     ]  # fmt: skip
     systems = {s.name: s for s in SYSTEMS}
     for name in RUN_ORDER:

@@ -83,6 +83,10 @@ class ClipTrainConfig(Settings):
         default_factory=lambda: list(CHANGE_KINDS), min_length=1
     )
     """Kinds of change the hard negatives draw from (`finecap.scenes.changes`)."""
+    dense_weight: NonNegativeFloat = 0.0
+    """Weight of the dense scene supervision (`finecap.clip.dense`): every patch token
+    predicts the shape, colour, pattern and size of the object under it (scenes datasets
+    only; the heads are not saved)."""
     flip_prob: Probability = 0.0
     """Chance per image and epoch to train on its mirror image, with texts to match (left and
     right swapped; the description rewritten from the mirrored scene). Scenes datasets only."""
@@ -136,3 +140,27 @@ class GrammarTrainConfig(Settings):
     """Negative kinds to train on."""
     trainer: LightningConfig = LightningConfig(accelerator="auto")
     """Where it trains (a GPU when there is one)."""
+
+
+class DiscriminatorTrainConfig(Settings):
+    """Pre-training of the discriminator (`finecap discriminator train`)."""
+
+    split: str = "train"
+    """Split whose images and references train it."""
+    eval_split: str = "val"
+    """Split it is evaluated on (accuracy per class); empty or missing: none."""
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    """Images per step (each with one reference and its generated captions)."""
+    lr: PositiveFloat = 1e-4
+    hidden: list[PositiveInt] = [512, 256]
+    """Hidden layer widths (the reference's 512, 256)."""
+    prefix: str = ""
+    """Text put before every caption before it is embedded (the reward's `prefix`)."""
+    seed: int = 0
+    beam_size: PositiveInt = 5
+    """The captioner's beams per image (the RL policy's decoding: beam 5, no repeated trigrams)."""
+    block_trigrams: bool = True
+    max_len: PositiveInt = 16
+    """Longest generated caption in words (at most the captioner's decoder.max_len)."""
+    caption_batch_size: PositiveInt = 50

@@ -4,18 +4,23 @@ A CLIP-S reward alone teaches a captioner to pile up words CLIP likes ("a red re
 circle blue ..."). Cho et al. fine-tune CLIP's text encoder with a small head that tells
 fluent captions from corrupted ones, and add its probability g(c) to the reward.
 
-- Negatives: a training caption corrupted by ONE operation drawn uniformly from `NEGATIVES`:
-  repeat an n-gram (n in 1..3) 1-3 times right after itself, remove an n-gram (n in 1..3),
-  insert 1-3 random vocabulary words, replace ("swap") 1-3 words by other vocabulary words,
-  or shuffle all words (redrawn until the order differs).
+- Negatives (Cho et al.'s `retrieval/text_utils.py`): a training caption corrupted by ONE
+  operation drawn uniformly from `NEGATIVES`: insert 1-3 copies of an n-gram (n in 1..3),
+  each at its own random position; remove an n-gram (n in 1..3); insert 1-3 random
+  vocabulary words; replace ("swap") 1-3 words by other vocabulary words; or shuffle all
+  words (redrawn until the order differs).
 - Head: Linear(d, d) -> ReLU -> Linear(d, 2), no biases, on the text encoder's pooled output
   (before the projection); g(c) = softmax(head)[1].
 - Loss: CLIP contrastive (text tower vs the frozen image tower) + cross-entropy of the head,
   1:1. The vision tower and its projection stay frozen, so the fine-tuned text encoder still
-  lives in the original CLIP's embedding space. AdamW, weight decay 0.01; Cho et al. use lr
-  1e-4 on a pretrained ViT-B/32 over COCO. Our default is 5e-4: the 4-layer scenes CLIP gets
-  ~1,900 steps (6 passes over 20k references) and reached 0.92 held-out accuracy at 1e-4 vs
-  0.97 at 5e-4 (5,000-image scenes world, seed 0). `lr=1e-4` restores the reference.
+  lives in the original CLIP's embedding space; the temperature trains with the text tower
+  (`train_logit_scale`), as in Cho et al.'s `retrieval/train_pl.py`.
+- Optimiser (the same file): AdamW, eps 1e-6, weight decay 0.01 on all but the biases, a
+  constant learning rate (`schedule="warmup_cosine"` is finecap's earlier warm-up + cosine).
+  Cho et al. use lr 1e-4 on a pretrained ViT-B/32 over COCO. Our default is 5e-4: the 4-layer
+  scenes CLIP gets ~1,900 steps (6 passes over 20k references) and reached 0.92 held-out
+  accuracy at 1e-4 vs 0.97 at 5e-4 (5,000-image scenes world, seed 0, with finecap's earlier
+  warm-up + cosine and frozen temperature). `lr=1e-4` restores the reference.
 
 Text is normalised to lower-case words without punctuation (`simple_tokenize`) before the
 head sees it, for positives, negatives and at scoring time alike: otherwise "has a final
@@ -70,11 +75,18 @@ Words = list[str]
 
 
 def repeat_ngram(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
-    """Copy an n-gram (n in 1..3) 1-3 times right after itself: "a b c" -> "a b c b c"."""
+    """Insert 1-3 copies of an n-gram (n in 1..3), each at its own random position of the
+    growing text (Cho et al.'s `text_utils.repeat`): "a b c d" -> "b c a b c d" or
+    "a b c d b c". Copies are rarely next to the original, which is the repetition a
+    CLIP-S-rewarded captioner produces ("a red circle on grass red circle")."""
     n = rng.randint(1, min(3, len(words)))
     i = rng.randrange(len(words) - n + 1)
     gram = words[i : i + n]
-    return words[: i + n] + gram * rng.randint(1, 3) + words[i + n :]
+    out = list(words)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randint(0, len(out))  # any gap, the ends and earlier copies included
+        out[at:at] = gram
+    return out
 
 
 def remove_ngram(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
@@ -87,10 +99,11 @@ def remove_ngram(words: Words, vocab: Sequence[str], rng: random.Random) -> Word
 
 
 def insert_words(words: Words, vocab: Sequence[str], rng: random.Random) -> Words | None:
-    """Insert 1-3 random vocabulary words at random positions."""
+    """Insert 1-3 random vocabulary words, each before a random word of the growing text
+    (never after the last word, as in Cho et al.'s `text_utils.insert`)."""
     out = list(words)
     for _ in range(rng.randint(1, 3)):
-        out.insert(rng.randint(0, len(out)), rng.choice(vocab))
+        out.insert(rng.randrange(len(out)), rng.choice(vocab))
     return out
 
 
@@ -254,10 +267,10 @@ class GrammarFolderError(UserError, ValueError):
 
 
 def freeze_vision(clip: nn.Module) -> None:
-    """Freeze the image tower, its projection and the temperature (Cho et al.: vision frozen)."""
+    """Freeze the image tower and its projection (Cho et al.); the temperature is left to
+    `GrammarTask` (`GrammarTrainConfig.train_logit_scale`)."""
     for module in (clip.vision_model, clip.visual_projection):
         module.requires_grad_(False)
-    clip.logit_scale.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- training
@@ -312,6 +325,7 @@ class GrammarTask(L.LightningModule):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.register_buffer("image_features", image_features)  # (N, P), frozen tower output
+        model.clip.logit_scale.requires_grad_(cfg.train_logit_scale)
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -339,8 +353,18 @@ class GrammarTask(L.LightningModule):
         return contrastive + grammar
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # Cho et al.'s groups: no decay for biases (their "LayerNorm.weight" rule matches no
+        # Hugging Face CLIP name, so norm weights, the head and the temperature are decayed).
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.endswith("bias")]},
+            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(
+            groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, eps=1e-6
+        )
+        if self.cfg.schedule == "constant":
+            return opt
         return {"optimizer": opt, "lr_scheduler": fraction_schedule(self, opt)}
 
 

@@ -36,12 +36,13 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig
+from finecap.clip.dense import ATTRIBUTES, DenseHeads, patch_labels
 from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
 from finecap.data.images import load_image
 from finecap.io import atomic_write_text
 from finecap.scenes.changes import changed_texts, short_description
 from finecap.scenes.language import describe_scene, mirror_text
-from finecap.scenes.world import Scene, mirror_scene
+from finecap.scenes.world import Scene, as_scene, mirror_scene
 from finecap.train.lightning import make_trainer, quiet_lightning, warmup_cosine_schedule
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -269,11 +270,19 @@ def descriptions_of(record: ImageRecord) -> list[str]:
 
 
 class ImageTextPairs(Dataset):
-    """One (pixels, text, hard negative) triple per image; the texts are re-drawn every epoch
-    (`set_epoch`). The negative is "" when none was drawn (see `ClipTrainConfig`)."""
+    """One (pixels, text, hard negative, patch labels) per image; the texts are re-drawn
+    every epoch (`set_epoch`). The negative is "" when none was drawn (see
+    `ClipTrainConfig`); the labels (N, A) are `finecap.clip.dense.patch_labels` of a `grid` x
+    `grid` patch layout, or (0, A) without `grid`."""
 
-    def __init__(self, pixels: RecordPixels, records: list[ImageRecord], cfg: ClipTrainConfig):
-        self.pixels, self.records, self.cfg = pixels, records, cfg
+    def __init__(
+        self,
+        pixels: RecordPixels,
+        records: list[ImageRecord],
+        cfg: ClipTrainConfig,
+        grid: int | None = None,
+    ):
+        self.pixels, self.records, self.cfg, self.grid = pixels, records, cfg, grid
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -282,7 +291,7 @@ class ImageTextPairs(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, torch.Tensor]:
         rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
         record = self.records[i]
         pixels = self.pixels[i]
@@ -292,8 +301,15 @@ class ImageTextPairs(Dataset):
         if scene is not None and rng.random() < self.cfg.flip_prob:
             pixels, scene = pixels.flip(-1), mirror_scene(scene)
             descriptions, refs = describe_scene(scene), [mirror_text(c) for c in refs]
+        dx = dy = 0
         if self.cfg.max_shift and pixels is not None:
-            pixels = shift(pixels, rng, self.cfg.max_shift)
+            most = self.cfg.max_shift
+            dx, dy = rng.randint(-most, most), rng.randint(-most, most)
+            pixels = shift(pixels, dx, dy, most)
+        labels = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
+        if self.grid is not None:
+            side = pixels.shape[-1]
+            labels = patch_labels(scene and as_scene(scene), self.grid, side, (-dx, -dy))
         negative = ""
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
             text, negative = self._description(rng, scene, descriptions)
@@ -302,7 +318,7 @@ class ImageTextPairs(Dataset):
         if rng.random() < self.cfg.prompt_prob:
             text = CLIP_PROMPT + text
             negative = CLIP_PROMPT + negative if negative else ""
-        return pixels, text, negative
+        return pixels, text, negative, labels
 
     def _description(
         self, rng: random.Random, scene: dict | Scene | None, descriptions: list[str]
@@ -323,9 +339,9 @@ class ImageTextPairs(Dataset):
         return (short_description(scene) if register == "short" else descriptions[variant]), ""
 
 
-def shift(pixels: torch.Tensor, rng: random.Random, most: int) -> torch.Tensor:
-    """(3, S, S) moved by up to `most` pixels each way, the edge pixels repeated."""
-    dx, dy = rng.randint(-most, most), rng.randint(-most, most)
+def shift(pixels: torch.Tensor, dx: int, dy: int, most: int) -> torch.Tensor:
+    """(3, S, S) with its content moved by (-dx, -dy) pixels (|dx|, |dy| <= most), the edge
+    pixels repeated."""
     padded = F.pad(pixels[None], (most, most, most, most), mode="replicate")[0]
     side_y, side_x = pixels.shape[-2:]
     return padded[:, most + dy : most + dy + side_y, most + dx : most + dx + side_x]
@@ -339,6 +355,8 @@ class ClipTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model, self.tokenizer, self.cfg, self.lr = model, tokenizer, cfg, lr
+        width = model.config.vision_config.hidden_size
+        self.dense = DenseHeads(width) if cfg.dense_weight > 0 else None
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -346,22 +364,27 @@ class ClipTask(L.LightningModule):
     def training_step(
         self, batch: tuple[torch.Tensor, list[str], list[str]], batch_idx: int
     ) -> torch.Tensor:
-        pixels, texts, negatives = batch
+        pixels, texts, negatives, labels = batch
         negatives = [t for t in negatives if t]
-        img = encode_pixels(self.model, pixels)  # (B, P)
+        vision = self.model.vision_model(pixel_values=pixels)
+        img = F.normalize(self.model.visual_projection(vision.pooler_output), dim=-1)  # (B, P)
         # Positives and hard negatives through the text tower together: (B + M, P).
         both = encode_texts(self.model, self.tokenizer, [*texts, *negatives])
         txt, neg = both[: len(texts)], both[len(texts) :]
         loss = clip_loss(img, txt, self.model.logit_scale, neg)
+        if self.dense is not None:
+            patches = vision.last_hidden_state[:, 1:]  # (B, N, H): [CLS] dropped
+            dense = self.dense.loss(patches, labels)
+            self.log("dense", dense, prog_bar=True, on_epoch=True, batch_size=len(pixels))
+            loss = loss + self.cfg.dense_weight * dense
         self.log("loss", loss, prog_bar=True, on_epoch=True, batch_size=len(pixels))
         self.log("scale", self.model.logit_scale.exp(), prog_bar=True, batch_size=len(pixels))
         return loss
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        rest = [
-            p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)
-        ]
+        named = list(self.named_parameters())  # the CLIP and the dense heads, if any
+        decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+        rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
         opt = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.cfg.weight_decay},
@@ -470,7 +493,9 @@ def train_clip(
     eval_pixels = RecordPixels(corpus, eval_records, processor)
     prep_s = time.perf_counter() - started
 
-    data = ImageTextPairs(train_pixels, train_records, cfg)
+    vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size if cfg.dense_weight > 0 else None
+    data = ImageTextPairs(train_pixels, train_records, cfg, grid)
     loader, trainer = loader_and_trainer(data, cfg)
     started, cpu_started = time.perf_counter(), time.process_time()
     with quiet_lightning():

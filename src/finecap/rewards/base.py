@@ -19,7 +19,18 @@ total(batch)                   # sum of weight * score
 total.components(batch)       # {"clip_s": (B*K,), "grammar": (B*K,)} for logging
 ```
 
-A reward is any `Reward` subclass: `__call__(batch) -> Tensor (B*K,)`. Register a factory with
+Two optional fields serve rewards that look past each caption. `pool` (B*M texts, grouped per
+image) are further texts of the batch every caption competes with but which are not scored
+(Chaffin et al.'s contrastive reward: the ground-truth and greedy captions); `ground_truth`
+(B*C, grouped per image) are the references the policy is trained toward this step (an online
+discriminator's positives).
+
+A reward is any `Reward` subclass: `__call__(batch) -> Tensor (B*K,)`, which only scores.
+Two hooks, no-ops by default, serve rewards with state: `prepare(TrainingImages)` is called
+once before training (the contrastive reward indexes the training images for hard-negative
+neighbours) and `update(batch)` once per training step after all scoring (the online
+discriminator takes its one optimiser step), so scoring anything, references included, never
+changes a reward. Register a factory with
 `@register_reward(name, config=SettingsClass)`: the settings class (a `RewardConfig`) types
 the reward's term in a recipe (`scst.rewards`), so a misspelt or mistyped setting fails when
 the recipe loads; the factory gets the validated settings, plus any already loaded model
@@ -33,7 +44,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,6 +64,8 @@ class RewardBatch:
     image_ids: list[Any] | None = None  # (B,)
     images: list[Any] | None = None  # (B,) PIL images
     image_embeddings: torch.Tensor | None = None  # (B, P), unit rows, the reward's own CLIP
+    pool: list[str] | None = None  # (B*M,) unscored competitors, grouped per image
+    ground_truth: list[str] | None = None  # (B*C,) references trained toward, grouped per image
 
     def __post_init__(self) -> None:
         sizes = {
@@ -72,6 +85,9 @@ class RewardBatch:
         b = next(iter(sizes.values()))
         if b == 0 or len(self.captions) % b:
             raise ValueError(f"RewardBatch: {len(self.captions)} captions for {b} images")
+        for name, texts in (("pool", self.pool), ("ground_truth", self.ground_truth)):
+            if texts is not None and len(texts) % b:
+                raise ValueError(f"RewardBatch: {len(texts)} {name} texts for {b} images")
 
     @property
     def num_images(self) -> int:  # B
@@ -96,6 +112,20 @@ class RewardBatch:
         return [i for i in self.image_ids for _ in range(k)]
 
 
+@dataclass
+class TrainingImages:
+    """The training split's images, loaded on demand (never all in memory at once)."""
+
+    ids: list[Any]  # (N,) image ids, as RewardBatch.image_ids gives them
+    load: Callable[[int], Any]  # position in `ids` -> PIL image
+
+    def chunks(self, size: int) -> Iterator[tuple[list[Any], list[Any]]]:
+        """(ids, images) of at most `size` images at a time, in order."""
+        for start in range(0, len(self.ids), size):
+            stop = min(start + size, len(self.ids))
+            yield self.ids[start:stop], [self.load(i) for i in range(start, stop)]
+
+
 class Reward(abc.ABC):
     """Scores each caption of a batch; higher is better. Subclasses set `name`."""
 
@@ -103,7 +133,14 @@ class Reward(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
-        """(B*K,) float32 scores on CPU, without grad."""
+        """(B*K,) float32 scores on CPU, without grad. Never changes the reward."""
+
+    def prepare(self, images: TrainingImages) -> None:  # noqa: B027 (optional hook)
+        """Once before training, with the training images; nothing by default."""
+
+    def update(self, batch: RewardBatch) -> None:  # noqa: B027 (optional hook)
+        """Once per training step, after all scoring: learn from the step's policy captions
+        (`batch.captions`) and ground truth; nothing by default."""
 
 
 class WeightedReward(Reward):
@@ -128,6 +165,14 @@ class WeightedReward(Reward):
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         return self.combine(self.components(batch))
+
+    def prepare(self, images: TrainingImages) -> None:
+        for _, reward in self.terms:
+            reward.prepare(images)
+
+    def update(self, batch: RewardBatch) -> None:
+        for _, reward in self.terms:
+            reward.update(batch)
 
 
 def as_scores(values: Any, n: int) -> torch.Tensor:
@@ -204,13 +249,14 @@ def rewards_from_config(
     terms: Sequence[RewardConfig | Mapping[str, Any]], device: str = "cpu"
 ) -> WeightedReward:
     """Reward terms -> WeightedReward. Terms naming the same `clip` share one loaded CLIP
-    (on `device`) and one image-embedding cache."""
-    from finecap.rewards.clip_rewards import ClipScorer
+    (on `device`) and one image-embedding cache; a CLIP-S term with `clip_from: grammar`
+    scores with the grammar term's fine-tuned CLIP."""
+    from finecap.rewards.clip_rewards import ClipScorer, with_grammar_clips
 
     scorers: dict[str, ClipScorer] = {}
     built = []
-    for term in terms:
-        settings = term.model_dump() if isinstance(term, Settings) else dict(term)
+    dumped = [t.model_dump() if isinstance(t, Settings) else dict(t) for t in terms]
+    for settings in with_grammar_clips(dumped):
         name, weight = settings.pop("name"), float(settings.pop("weight", 1.0))
         clip = settings.get("clip")
         if _is_path(clip):

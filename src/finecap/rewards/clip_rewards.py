@@ -10,9 +10,11 @@ image id: during SCST every image is seen many times, and its embedding never ch
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import os
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import ValidationInfo, model_validator
 
 from finecap.config import PathStr, PositiveFloat
 from finecap.metrics.clipscore import (
@@ -22,7 +24,13 @@ from finecap.metrics.clipscore import (
     embed_references,
     refclip_s,
 )
-from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
+from finecap.rewards.base import (
+    Reward,
+    RewardBatch,
+    RewardConfig,
+    register_reward,
+    reward_config_class,
+)
 
 
 class ClipScorer:
@@ -96,6 +104,24 @@ class ClipSConfig(ClipRewardConfig):
     w: PositiveFloat = CLIP_S_WEIGHT
     """Hessel et al.'s rescaling w of CLIP-S = w * max(cos, 0)."""
     prefix: str = CLIP_S_PREFIX
+    clip_from: Literal["clip", "grammar"] = "clip"
+    """Which CLIP scores: "clip", the `clip` field's; "grammar", the fine-tuned CLIP of the
+    same reward list's grammar term (its `model` folder), the text encoder the grammar head
+    sits on, as Cho et al.'s `loss_wrapper.py` computes CLIP-S in their CLIP-S + Grammar row.
+    With "grammar", `clip` stays unset."""
+
+    @model_validator(mode="after")
+    def _required_given(self, info: ValidationInfo) -> ClipSConfig:
+        # Replaces RewardConfig's check: with clip_from "grammar" the CLIP comes from the
+        # grammar term (`with_grammar_clips`), so `clip` must not name a second one.
+        if self.clip_from == "clip":
+            return super()._required_given(info)
+        if self.clip is not None:
+            raise ValueError(
+                f"the {self.name} reward takes its CLIP from the grammar term "
+                f"(clip_from: grammar): leave `clip` unset (it is {self.clip!r})"
+            )
+        return self
 
 
 class ClipSReward(Reward):
@@ -136,6 +162,38 @@ class RefClipSReward(Reward):
         txt = self.scorer.text_embeddings(batch.captions, self.cfg.prefix)  # (B*K, P)
         refs, mask = embed_references(self.scorer.embedder, batch.references, self.cfg.prefix)
         return refclip_s(img, txt, refs[index], mask[index], variant=self.cfg.variant, w=self.cfg.w)
+
+
+def with_grammar_clips(terms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reward term settings with `clip` filled in for each term whose `clip_from` is
+    "grammar": the grammar term's model folder (a Hugging Face CLIP, `load_clip` reads it),
+    or the loaded grammar model's own CLIP. Other terms are returned as they are."""
+    from finecap.rewards.grammar import GrammarRewardConfig
+
+    wanting = [t for t in terms if t.get("clip_from") == "grammar"]
+    if not wanting:
+        return terms
+    grammar = [t for t in terms if _configured_by(t["name"], GrammarRewardConfig)]
+    if len(grammar) != 1 or grammar[0].get("model") is None:
+        raise ValueError(
+            "clip_from: grammar needs exactly one grammar reward term with a `model` "
+            f"in the same reward list (found {len(grammar)})"
+        )
+    model = grammar[0]["model"]  # a folder, or a loaded finecap.clip.grammar.GrammarModel
+    if isinstance(model, str | os.PathLike):
+        clip: Any = str(model)
+    else:
+        from finecap.clip.embed import ClipEmbedder
+
+        clip = ClipScorer(ClipEmbedder(model.bundle))
+    return [{**t, "clip": clip} if t.get("clip_from") == "grammar" else t for t in terms]
+
+
+def _configured_by(name: str, config: type[RewardConfig]) -> bool:
+    try:
+        return issubclass(reward_config_class(name), config)
+    except KeyError:  # a reward registered without a settings class
+        return False
 
 
 register_reward("clip_s", config=ClipSConfig)(ClipSReward)

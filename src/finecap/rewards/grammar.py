@@ -1,6 +1,8 @@
 """Grammar reward g(c) (Cho et al. 2022, §3.2): the grammar head's probability that a caption
 is fluent. Trained by `finecap grammar train` (`finecap.clip.grammar`); typically combined as
 CLIP-S + 2 g (paper text) or 2 CLIP-S + g (released code): the weights are configuration.
+The released code also scores that CLIP-S with the grammar model's fine-tuned CLIP, the
+folder this reward loads: a `clip_s` term with `clip_from: grammar` does the same.
 """
 
 from __future__ import annotations

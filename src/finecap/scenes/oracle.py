@@ -8,15 +8,17 @@ fact; `object` the object facts (a hallucinated object is a wrong one); `attribu
 size and pattern; `background` and `relation` their own. A caption stating nothing of a
 kind scores 0 on it, so a wrong claim loses to silence.
 
-    page = read_page("page.html")
-    doc = judge_page(page, {str(i): scene for i, scene in ...})  # tally(...) reads it
+    page = read_page("pairwise.html")
+    doc = judge_page(page, {str(i): scene for i, scene in ...})
+    tally(read_key("pairwise.key.json"), {"oracle": doc})
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from finecap.pairwise import CRITERIA, JUDGMENTS_FORMAT, JudgmentsError, Tally, tally
+from finecap.pairwise import CRITERIA, JUDGMENTS_FORMAT, PairwiseError, StudyKey
+from finecap.pairwise_tally import Tally, tally
 from finecap.scenes.facts import ATTRIBUTES, FACT_KINDS, score_caption
 from finecap.scenes.world import Scene
 
@@ -42,28 +44,25 @@ def oracle_choices(left: str, right: str, scene: Scene) -> dict[str, str]:
 
 def judge_page(page: Mapping, scenes: Mapping[str, Scene]) -> dict:
     """The judgments document (`finecap.pairwise` format) of a page (`read_page` output);
-    `scenes` maps each image id, as a string, to its scene. Which side is system A is copied
-    from each item, as a person's saved judgments carry it."""
+    `scenes` maps each image id, as a string, to its scene. Like a person's, it carries only
+    the item numbers and choices: `tally` un-blinds it with the page's key."""
     missing = [it["image_id"] for it in page["items"] if str(it["image_id"]) not in scenes]
     if missing:
-        raise JudgmentsError(
+        raise PairwiseError(
             f"{len(missing)} images of the page have no ground-truth scene (image_id "
             f"{missing[0]!r}, ...): the oracle needs the scenes world's dataset.json"
         )
     items = [
         {
             "item": it["item"],
-            "image_id": it["image_id"],
-            "a_side": it["a_side"],
             "choices": oracle_choices(it["left"], it["right"], scenes[str(it["image_id"])]),
         }
         for it in page["items"]
     ]
     return {
         "format": JUDGMENTS_FORMAT,
-        "a": page["a"],
-        "b": page["b"],
-        "seed": page.get("seed"),
+        "page_id": page["page_id"],
+        "key": page.get("key"),
         "annotator": ANNOTATOR,
         "items": items,
     }
@@ -73,11 +72,13 @@ def oracle_tally(
     a: tuple[str, Sequence[str]], b: tuple[str, Sequence[str]], scenes: Sequence[Scene]
 ) -> Tally:
     """Cho et al.'s Table 4 comparison of two systems over whole splits: (name, captions) each,
-    aligned with `scenes`, every image judged by the oracle (identical captions tie)."""
+    aligned with `scenes`, every image judged by the oracle (identical captions tie). Nothing
+    is blind here, so A is always "left"."""
     (a_name, a_caps), (b_name, b_caps) = a, b
     items = [
-        {"item": k, "image_id": k, "a_side": "left", "choices": oracle_choices(x, y, scene)}
+        {"item": k, "choices": oracle_choices(x, y, scene)}
         for k, (x, y, scene) in enumerate(zip(a_caps, b_caps, scenes, strict=True))
     ]
-    doc = {"format": JUDGMENTS_FORMAT, "a": a_name, "b": b_name, "annotator": ANNOTATOR}
-    return tally([{**doc, "seed": None, "items": items}])
+    key = StudyKey("oracle", a_name, b_name, dict.fromkeys(range(len(items)), "left"), 0)
+    doc = {"format": JUDGMENTS_FORMAT, "page_id": "oracle", "annotator": ANNOTATOR}
+    return tally(key, {"oracle": {**doc, "items": items}})

@@ -95,8 +95,23 @@ RewardTerm = Annotated[
 class SCSTConfig(Settings):
     """Self-critical training (see finecap.train.scst)."""
 
+    policy: Literal["sample", "beam"] = "sample"
+    """The captions the policy gradient trains on: `sample` (K = `samples` per image, Rennie
+    et al.) or `beam` (one per image, the best of `beam_size` beams, `block_trigrams`: Chaffin
+    et al.'s policy captions, their log-probabilities from a teacher-forced pass)."""
     samples: PositiveInt = 5
-    """K: captions sampled per image."""
+    """K: captions sampled per image (policy: sample)."""
+    beam_size: PositiveInt = 5
+    """Beams per image (policy: beam)."""
+    block_trigrams: bool = True
+    """Forbid a beam from repeating one of its trigrams (policy: beam)."""
+    pool: list[Literal["ground_truth", "greedy"]] = []
+    """Texts that compete with each scored caption in rewards that contrast it with the rest
+    of the batch (`contrastive`; other rewards ignore them): `ground_truth`, the batch's
+    training captions, and `greedy`, the greedy captions, of every image, the caption's own
+    included. Chaffin et al.: both. Policy and pooled texts then form one pool (references
+    scored for RL on ground truth compete with the policy captions too); [] = each kind is
+    contrasted only with its own kind."""
     baseline: Literal["greedy", "mean", "none"] = "mean"
     """greedy, mean (of the image's other samples) or none (see finecap.train.scst)."""
     rewards: list[RewardTerm] = Field(
@@ -108,6 +123,11 @@ class SCSTConfig(Settings):
     temperature: PositiveFloat = 1.0
     gt_weight: NonNegativeFloat = 0.0
     """Weight of the RL loss on ground-truth captions (Chaffin et al.); 0 = off."""
+    gt_weighting: Literal["reward", "clamp_advantage"] = "reward"
+    """How that loss weights each reference's teacher forcing: `reward`, its own reward r_gt
+    (Chaffin et al.'s rule: the RL objective with the reference as the trajectory), or
+    `clamp_advantage`, max(0, r_gt - mean reward of the image's policy captions) (finecap's
+    earlier rule: only references that beat the policy count). See finecap.train.scst."""
 
     NAMED_FIELDS: ClassVar[dict] = {"rewards": reward_config_class}
 
@@ -120,7 +140,29 @@ class SCSTConfig(Settings):
         return self
 
     @model_validator(mode="after")
+    def _grammar_clip_has_a_grammar_term(self) -> SCSTConfig:
+        from finecap.rewards.clip_rewards import ClipSConfig
+        from finecap.rewards.grammar import GrammarRewardConfig
+
+        wanting = [
+            t.name for t in self.rewards if isinstance(t, ClipSConfig) and t.clip_from == "grammar"
+        ]
+        if wanting and not any(isinstance(t, GrammarRewardConfig) for t in self.rewards):
+            raise ValueError(
+                f"rewards: {wanting[0]} takes its CLIP from the grammar term (clip_from: "
+                "grammar), but there is no grammar term"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _baseline_fits(self) -> SCSTConfig:
+        if self.baseline == "mean" and self.policy == "beam":
+            raise ValueError("the mean baseline needs policy: sample (beam gives one caption)")
+        if self.baseline == "greedy" and "greedy" in self.pool:
+            raise ValueError(
+                "baseline: greedy scores the greedy captions, so they cannot also be in the "
+                "pool (each would compete with itself)"
+            )
         if self.baseline == "mean" and self.samples < 2:
             raise ValueError("the mean baseline needs samples >= 2 (the other samples' mean)")
         return self
