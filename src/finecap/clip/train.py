@@ -8,9 +8,10 @@ real dataset `init` fine-tunes a pretrained Hugging Face CLIP instead.
 
 The result is an ordinary `CLIPModel` + `CLIPTokenizer` + `CLIPImageProcessor` folder, so the
 evaluation suite, the rewards and the grammar head load it through `finecap.clip.embed.load_clip`
-exactly like `openai/clip-vit-base-patch32`. The tokenizer is a byte-level BPE in CLIP's own
-format (vocab.json + merges.txt, `</w>` word ends, all 256 bytes in the vocabulary), learned on
-the dataset's text: any word, seen or not, tokenizes without an unknown token.
+exactly like `openai/clip-vit-base-patch32`. The tokenizer (`finecap.clip.tokenizer`) is a
+byte-level BPE in CLIP's own format learned on the dataset's text; the examples, their hard
+negatives and augmentation are `finecap.clip.data`; the dense scene supervision that makes the
+vision tower see shapes is `finecap.clip.dense`.
 
 Why descriptions: the scenes world's reference captions are generic ("one black triangle");
 its descriptions name every object, attribute and relation ("a small black dotted triangle and
@@ -23,99 +24,41 @@ test split.
 from __future__ import annotations
 
 import json
-import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from tokenizers import pre_tokenizers
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig
-from finecap.clip.dense import ATTRIBUTES, DenseHeads, patch_labels
-from finecap.data.formats import CaptionCorpus, ImageRecord, load_corpus
-from finecap.data.images import load_image
+from finecap.clip.data import ImageTextPairs, RecordPixels, descriptions_of, shift
+from finecap.clip.dense import DenseHeads
+from finecap.clip.tokenizer import learn_bpe_merges, save_tokenizer, train_bpe_tokenizer
+from finecap.data.formats import ImageRecord, load_corpus
 from finecap.io import atomic_write_text
-from finecap.scenes.changes import changed_texts, short_description
-from finecap.scenes.language import describe_scene, mirror_text
-from finecap.scenes.world import Scene, as_scene, mirror_scene
 from finecap.train.lightning import make_trainer, quiet_lightning, warmup_cosine_schedule
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> CLIPTokenizer:
-    """Learn BPE merges on `texts` with CLIP's normalizer/pre-tokenizer; return a CLIPTokenizer.
-
-    The vocabulary is laid out like OpenAI's: 256 byte symbols, the same with `</w>`, one
-    entry per merge, then BOS and EOS (EOS doubles as padding, as in OpenAI's tokenizer).
-    """
-    reference = CLIPTokenizer()  # empty; lends us CLIP's exact normalizer and pre-tokenizer
-    normalizer = reference.backend_tokenizer.normalizer
-    pre_tokenizer = reference.backend_tokenizer.pre_tokenizer
-    words: Counter[str] = Counter()
-    for text in texts:
-        words.update(p for p, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
-    n_merges = max(0, vocab_size - 2 * len(byte_symbols) - 2)
-    merges = learn_bpe_merges(words, n_merges)
-    symbols = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
-    vocab: dict[str, int] = {}
-    for s in [*symbols, BOS, EOS]:
-        vocab.setdefault(s, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-
-
-def learn_bpe_merges(
-    words: Counter[str], n_merges: int, min_count: int = 2
-) -> list[tuple[str, str]]:
-    """Classic BPE (Sennrich et al. 2016) over a word-frequency table, `</w>` marking word ends.
-
-    Deterministic: ties go to the lexicographically smallest pair (the `tokenizers` trainer
-    breaks ties by hash order, so its merges change from run to run). Plain Python is enough
-    here: a captioning vocabulary has a few thousand distinct words at most.
-    """
-    split = {w: (*w[:-1], w[-1] + "</w>") for w in words}  # word -> current symbols
-    merges: list[tuple[str, str]] = []
-    while len(merges) < n_merges:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for w, symbols in split.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += words[w]
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        if pairs[best] < min_count:
-            break
-        merges.append(best)
-        joined = best[0] + best[1]
-        for w, symbols in split.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if symbols[i : i + 2] == best:
-                    out.append(joined)
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            split[w] = tuple(out)
-    return merges
-
-
-def save_tokenizer(tokenizer: CLIPTokenizer, out_dir: Path) -> None:
-    """save_pretrained, plus OpenAI-style vocab.json + merges.txt for older transformers."""
-    tokenizer.save_pretrained(out_dir)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    atomic_write_text(out_dir / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False))
-    atomic_write_text(out_dir / "merges.txt", "\n".join(["#version: 0.2", *merges]) + "\n")
+# Re-exported: the data and tokenizer lived here before they had their own modules.
+__all__ = [
+    "CLIP_PROMPT",
+    "ClipTrainConfig",
+    "ImageTextPairs",
+    "RecordPixels",
+    "ScenesClipConfig",
+    "build_scenes_clip",
+    "clip_loss",
+    "descriptions_of",
+    "encode_pixels",
+    "encode_texts",
+    "learn_bpe_merges",
+    "save_tokenizer",
+    "shift",
+    "train_bpe_tokenizer",
+    "train_clip",
+]
 
 
 # --------------------------------------------------------------------------- model
@@ -212,139 +155,6 @@ def clip_loss(
     if negatives is not None and len(negatives):
         image_to_text = torch.cat([image_to_text, scale * img @ negatives.T], dim=1)  # (B, B+M)
     return (F.cross_entropy(logits, target) + F.cross_entropy(image_to_text, target)) / 2
-
-
-# --------------------------------------------------------------------------- data
-
-
-class RecordPixels:
-    """Preprocessed pixels of `records`, index -> (3, S, S) float32.
-
-    Small sets (the scenes world: 4,000 images at 96 px = 221 MB in float16) are decoded and
-    preprocessed once and kept; larger ones (COCO at 224 px) are loaded lazily per item.
-    """
-
-    def __init__(
-        self,
-        corpus: CaptionCorpus,
-        records: list[ImageRecord],
-        processor,
-        cache_limit_bytes: int = 2 << 30,
-    ) -> None:
-        self.corpus, self.records, self.processor = corpus, records, processor
-        self.cached: torch.Tensor | None = None  # (N, 3, S, S) float16
-        side = _processor_side(processor)
-        if len(records) * 3 * side * side * 2 <= cache_limit_bytes:
-            self.cached = torch.cat([chunk.half() for chunk in self.batches()])
-
-    def _load(self, indices) -> torch.Tensor:
-        images = [load_image(self.corpus.image_path(self.records[i])) for i in indices]
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self.cached is not None:
-            return self.cached[i].float()
-        return self._load([i])[0]
-
-    def batches(self, size: int = 256):
-        """(<=size, 3, S, S) float32 chunks in order."""
-        for start in range(0, len(self), size):
-            stop = min(start + size, len(self))
-            if self.cached is not None:
-                yield self.cached[start:stop].float()
-            else:
-                yield self._load(range(start, stop))
-
-
-def _processor_side(processor) -> int:
-    crop = getattr(processor, "crop_size", None) or {}
-    size = getattr(processor, "size", None) or {}
-    return int(crop.get("height") or size.get("shortest_edge") or size.get("height") or 224)
-
-
-def descriptions_of(record: ImageRecord) -> list[str]:
-    return [d for d in record.extra.get("descriptions", []) if d]
-
-
-class ImageTextPairs(Dataset):
-    """One (pixels, text, hard negative, patch labels) per image; the texts are re-drawn
-    every epoch (`set_epoch`). The negative is "" when none was drawn (see
-    `ClipTrainConfig`); the labels (N, A) are `finecap.clip.dense.patch_labels` of a `grid` x
-    `grid` patch layout, or (0, A) without `grid`."""
-
-    def __init__(
-        self,
-        pixels: RecordPixels,
-        records: list[ImageRecord],
-        cfg: ClipTrainConfig,
-        grid: int | None = None,
-    ):
-        self.pixels, self.records, self.cfg, self.grid = pixels, records, cfg, grid
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, torch.Tensor]:
-        rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
-        record = self.records[i]
-        pixels = self.pixels[i]
-        scene = record.extra.get("scene")
-        descriptions = descriptions_of(record)
-        refs = [c for c in record.captions if c]
-        if scene is not None and rng.random() < self.cfg.flip_prob:
-            pixels, scene = pixels.flip(-1), mirror_scene(scene)
-            descriptions, refs = describe_scene(scene), [mirror_text(c) for c in refs]
-        dx = dy = 0
-        if self.cfg.max_shift and pixels is not None:
-            most = self.cfg.max_shift
-            dx, dy = rng.randint(-most, most), rng.randint(-most, most)
-            pixels = shift(pixels, dx, dy, most)
-        labels = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
-        if self.grid is not None:
-            side = pixels.shape[-1]
-            labels = patch_labels(scene and as_scene(scene), self.grid, side, (-dx, -dy))
-        negative = ""
-        if descriptions and (not refs or rng.random() < self.cfg.description_prob):
-            text, negative = self._description(rng, scene, descriptions)
-        else:
-            text = rng.choice(refs)
-        if rng.random() < self.cfg.prompt_prob:
-            text = CLIP_PROMPT + text
-            negative = CLIP_PROMPT + negative if negative else ""
-        return pixels, text, negative, labels
-
-    def _description(
-        self, rng: random.Random, scene: dict | Scene | None, descriptions: list[str]
-    ) -> tuple[str, str]:
-        """A detailed (or short) description and, maybe, its one-fact-changed negative."""
-        register = "short" if scene and rng.random() < self.cfg.short_prob else "description"
-        variant = rng.randrange(len(descriptions))
-        if scene is None or rng.random() >= self.cfg.hard_negative_prob:
-            if register == "short":
-                return short_description(scene), ""
-            return descriptions[variant], ""
-        kinds = list(self.cfg.hard_negative_kinds)
-        rng.shuffle(kinds)
-        for kind in kinds:  # the first kind this scene can take in this register
-            texts = changed_texts(scene, kind, rng, register=register, variant=variant)
-            if texts is not None:
-                return texts
-        return (short_description(scene) if register == "short" else descriptions[variant]), ""
-
-
-def shift(pixels: torch.Tensor, dx: int, dy: int, most: int) -> torch.Tensor:
-    """(3, S, S) with its content moved by (-dx, -dy) pixels (|dx|, |dy| <= most), the edge
-    pixels repeated."""
-    padded = F.pad(pixels[None], (most, most, most, most), mode="replicate")[0]
-    side_y, side_x = pixels.shape[-2:]
-    return padded[:, most + dy : most + dy + side_y, most + dx : most + dx + side_x]
 
 
 class ClipTask(L.LightningModule):

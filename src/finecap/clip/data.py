@@ -1,0 +1,154 @@
+"""Training data of the scenes CLIP: cached preprocessed pixels and the (image, text, hard
+negative, patch labels) examples, re-drawn every epoch, with mirror and shift augmentation.
+
+Why descriptions: the scenes world's reference captions are generic ("one black triangle");
+its descriptions name every object, attribute and relation. Hard negatives (NegCLIP) are the
+same text with one fact changed (`finecap.scenes.changes`); patch labels feed the dense scene
+supervision (`finecap.clip.dense`).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig
+from finecap.clip.dense import ATTRIBUTES, patch_labels
+from finecap.data.formats import CaptionCorpus, ImageRecord
+from finecap.data.images import load_image
+from finecap.scenes.changes import changed_texts, short_description
+from finecap.scenes.language import describe_scene, mirror_text
+from finecap.scenes.world import Scene, as_scene, mirror_scene
+
+
+class RecordPixels:
+    """Preprocessed pixels of `records`, index -> (3, S, S) float32.
+
+    Small sets (the scenes world: 4,000 images at 96 px = 221 MB in float16) are decoded and
+    preprocessed once and kept; larger ones (COCO at 224 px) are loaded lazily per item.
+    """
+
+    def __init__(
+        self,
+        corpus: CaptionCorpus,
+        records: list[ImageRecord],
+        processor,
+        cache_limit_bytes: int = 2 << 30,
+    ) -> None:
+        self.corpus, self.records, self.processor = corpus, records, processor
+        self.cached: torch.Tensor | None = None  # (N, 3, S, S) float16
+        side = _processor_side(processor)
+        if len(records) * 3 * side * side * 2 <= cache_limit_bytes:
+            self.cached = torch.cat([chunk.half() for chunk in self.batches()])
+
+    def _load(self, indices) -> torch.Tensor:
+        images = [load_image(self.corpus.image_path(self.records[i])) for i in indices]
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[i].float()
+        return self._load([i])[0]
+
+    def batches(self, size: int = 256):
+        """(<=size, 3, S, S) float32 chunks in order."""
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            if self.cached is not None:
+                yield self.cached[start:stop].float()
+            else:
+                yield self._load(range(start, stop))
+
+
+def _processor_side(processor) -> int:
+    crop = getattr(processor, "crop_size", None) or {}
+    size = getattr(processor, "size", None) or {}
+    return int(crop.get("height") or size.get("shortest_edge") or size.get("height") or 224)
+
+
+def descriptions_of(record: ImageRecord) -> list[str]:
+    return [d for d in record.extra.get("descriptions", []) if d]
+
+
+class ImageTextPairs(Dataset):
+    """One (pixels, text, hard negative, patch labels) per image; the texts are re-drawn
+    every epoch (`set_epoch`). The negative is "" when none was drawn (see
+    `ClipTrainConfig`); the labels (N, A) are `finecap.clip.dense.patch_labels` of a `grid` x
+    `grid` patch layout, or (0, A) without `grid`."""
+
+    def __init__(
+        self,
+        pixels: RecordPixels,
+        records: list[ImageRecord],
+        cfg: ClipTrainConfig,
+        grid: int | None = None,
+    ):
+        self.pixels, self.records, self.cfg, self.grid = pixels, records, cfg, grid
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, torch.Tensor]:
+        rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
+        record = self.records[i]
+        pixels = self.pixels[i]
+        scene = record.extra.get("scene")
+        descriptions = descriptions_of(record)
+        refs = [c for c in record.captions if c]
+        if scene is not None and rng.random() < self.cfg.flip_prob:
+            pixels, scene = pixels.flip(-1), mirror_scene(scene)
+            descriptions, refs = describe_scene(scene), [mirror_text(c) for c in refs]
+        dx = dy = 0
+        if self.cfg.max_shift and pixels is not None:
+            most = self.cfg.max_shift
+            dx, dy = rng.randint(-most, most), rng.randint(-most, most)
+            pixels = shift(pixels, dx, dy, most)
+        labels = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
+        if self.grid is not None:
+            side = pixels.shape[-1]
+            labels = patch_labels(scene and as_scene(scene), self.grid, side, (-dx, -dy))
+        negative = ""
+        if descriptions and (not refs or rng.random() < self.cfg.description_prob):
+            text, negative = self._description(rng, scene, descriptions)
+        else:
+            text = rng.choice(refs)
+        if rng.random() < self.cfg.prompt_prob:
+            text = CLIP_PROMPT + text
+            negative = CLIP_PROMPT + negative if negative else ""
+        return pixels, text, negative, labels
+
+    def _description(
+        self, rng: random.Random, scene: dict | Scene | None, descriptions: list[str]
+    ) -> tuple[str, str]:
+        """A detailed (or short) description and, maybe, its one-fact-changed negative."""
+        register = "short" if scene and rng.random() < self.cfg.short_prob else "description"
+        variant = rng.randrange(len(descriptions))
+        if scene is None or rng.random() >= self.cfg.hard_negative_prob:
+            if register == "short":
+                return short_description(scene), ""
+            return descriptions[variant], ""
+        kinds = list(self.cfg.hard_negative_kinds)
+        rng.shuffle(kinds)
+        for kind in kinds:  # the first kind this scene can take in this register
+            texts = changed_texts(scene, kind, rng, register=register, variant=variant)
+            if texts is not None:
+                return texts
+        return (short_description(scene) if register == "short" else descriptions[variant]), ""
+
+
+def shift(pixels: torch.Tensor, dx: int, dy: int, most: int) -> torch.Tensor:
+    """(3, S, S) with its content moved by (-dx, -dy) pixels (|dx|, |dy| <= most), the edge
+    pixels repeated."""
+    padded = F.pad(pixels[None], (most, most, most, most), mode="replicate")[0]
+    side_y, side_x = pixels.shape[-2:]
+    return padded[:, most + dy : most + dy + side_y, most + dx : most + dx + side_x]
