@@ -6,6 +6,7 @@ command line, the terminal table and where the files go.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from tyro.conf import arg
 from finecap.config import NonNegativeInt
 from finecap.evaluation import EvaluationConfig, InputError
 from finecap.io import same_file
+from finecap.metrics.judgments import FormatName
 
 PROG = "finecap evaluate"
 
@@ -45,6 +47,12 @@ class EvaluateOptions(EvaluationConfig):
     examples) instead of one table."""
     list_metrics: bool = False
     """List the metric groups and exit."""
+    judgments: str | None = None
+    """Human judgments (Flickr8k ExpertAnnotations.txt / CrowdFlowerAnnotations.txt, or a CSV
+    image,caption,score): report each metric's Kendall tau with them instead of scoring
+    predictions; --dataset is then the captions they refer to (Flickr8k.token.txt)."""
+    judgments_format: FormatName | None = None
+    """Format of --judgments (default: recognised from its content)."""
 
     def evaluation_config(self) -> EvaluationConfig:
         """The library's settings: these options less the command's own."""
@@ -91,12 +99,61 @@ def _check_outputs(options: EvaluateOptions, config: EvaluationConfig) -> None:
         raise InputError(f"--out and --report name the same file ({options.out})")
 
 
+# Options of a predictions evaluation that mean nothing with --judgments.
+_NOT_WITH_JUDGMENTS = (
+    "predictions",
+    "report",
+    "paper_tables",
+    "finecapeval",
+    "reference_row",
+    "allow_missing",
+)
+
+
+def _judgments_handler(options: EvaluateOptions) -> int:
+    """`--judgments`: Kendall tau of each metric with human judgments (finecap.metrics.human)."""
+    from finecap.data.formats import dataset_files
+    from finecap.io import atomic_write_text
+    from finecap.metrics.human import (
+        JudgmentsConfig,
+        correlate_with_humans,
+        format_correlation_table,
+    )
+
+    given = [f"--{n.replace('_', '-')}" for n in _NOT_WITH_JUDGMENTS if getattr(options, n)]
+    if given:
+        raise InputError(f"{', '.join(given)}: not used with --judgments")
+    if not options.dataset:
+        raise InputError("--dataset required (the captions the judgments refer to)")
+    config = JudgmentsConfig.load(
+        options.model_dump(include=set(JudgmentsConfig.model_fields)), PROG
+    )
+    if options.out:
+        out = Path(options.out)
+        if out.is_dir():
+            raise InputError(f"--out {out}: is a folder; name the file to write")
+        inputs = [Path(options.judgments), *dataset_files(options.dataset)]
+        if any(same_file(out, path) for path in inputs):
+            raise InputError(f"--out {out}: is an input and would be overwritten")
+    result = correlate_with_humans(config, log=_note)
+    if options.out:
+        atomic_write_text(options.out, json.dumps(result.to_json(), indent=2) + "\n")
+    print(format_correlation_table(result))
+    for metric, reason in result.unavailable.items():
+        print(f"unavailable: {metric}: {reason}")
+    if options.out:
+        print(f"metrics: {options.out}")
+    return 0
+
+
 def handler(options: EvaluateOptions) -> int:
     from finecap.evaluation import evaluate, write_results
     from finecap.report import format_table
 
     if options.list_metrics:
         return _print_metric_groups()
+    if options.judgments:
+        return _judgments_handler(options)
     missing = [f"--{n}" for n in ("predictions", "dataset") if not getattr(options, n)]
     if missing:
         raise InputError(f"{', '.join(missing)} required")
