@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,11 +151,14 @@ def write_results(
     out: str | os.PathLike | None,
     report: str | os.PathLike | None = None,
     report_samples: int = 12,
-    paper_tables: bool = False,
+    paper_tables: bool | None = None,
+    curves: Mapping[str, Sequence[str | os.PathLike]] | None = None,
 ) -> None:
     """Write `metrics.json` to `out` (unless None) and, with `report`, the self-contained HTML
-    report (`report_samples` images; `paper_tables`: Cho et al.'s tables instead of one
-    table). Both are written atomically: a reader never sees half a file."""
+    report (`report_samples` images; `paper_tables`: Cho et al.'s tables or one table, None:
+    the tables when there are several systems; `curves`: system -> its training run's CSV
+    logs, `finecap.report_plots.run_metric_logs`). Both are written atomically: a reader never
+    sees half a file."""
     from finecap.io import atomic_write_text
 
     if out is not None:
@@ -166,10 +169,16 @@ def write_results(
 
     data = evaluation.data
     captions = {s.name: s.captions for s in evaluation.systems}
+    result = evaluation.result
     samples = pick_samples(
-        data.image_ids, evaluation.image_paths, data.references, captions, n=report_samples
+        data.image_ids,
+        evaluation.image_paths,
+        data.references,
+        captions,
+        n=report_samples,
+        per_image=result.per_image,
     )
-    write_report(report, evaluation.result, samples, paper_tables=paper_tables)
+    write_report(report, result, samples, paper_tables=paper_tables, curves=curves)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -2,7 +2,15 @@
 
 Both print metrics x100 as papers do, except those a metric group declares unscaled (MedR,
 Vocabulary, Mean-Length). The HTML page embeds everything (images as base64 JPEG
-thumbnails), so it can be mailed or archived as one file.
+thumbnails, figures as PNG, `finecap.report_plots`), so it can be mailed or archived as one
+file. Wide tables scroll inside their box with the system column kept in view; the best value
+of each column is marked (the lowest for metrics a group declares `lower_is_better`).
+
+    from finecap.report import pick_samples, write_report
+    from finecap.report_plots import run_metric_logs
+
+    write_report("report.html", result, pick_samples(ids, paths, refs, captions),
+                 curves={"SCST": run_metric_logs("runs/scst")})  # training curves, optional
 """
 
 from __future__ import annotations
@@ -10,13 +18,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from finecap.io import atomic_write_text
 from finecap.metrics.suite import SuiteResult, list_metrics
+from finecap.report_plots import Figure, report_figures
 
 
 @dataclass
@@ -27,6 +37,7 @@ class ReportSample:
     image_path: Path | None
     references: list[str]
     captions: dict[str, str]  # system name -> caption
+    scores: dict[str, dict[str, float | None]] = field(default_factory=dict)  # system -> metric
 
 
 def table_columns(result: SuiteResult) -> list[str]:
@@ -113,15 +124,44 @@ PAPER_TABLES: list[tuple[str, tuple[str, ...]]] = [
 SAMPLES_TITLE = {False: "Samples", True: "Table 3: examples, every system's caption"}
 
 
+def best_systems(result: SuiteResult, metric: str) -> set[str]:
+    """The systems showing the best value of `metric` as printed (ties: all of them); the
+    lowest for `lower_is_better` metrics; none for `unranked` ones or when all are equal."""
+    groups = [g for g in list_metrics() if metric in g.metrics]
+    if any(metric in g.unranked for g in groups):
+        return set()
+    shown = {
+        name: float(format_value(result, metric, scores[metric]))
+        for name, scores in result.systems.items()
+        if scores.get(metric) is not None and math.isfinite(scores[metric])
+    }
+    if len(set(shown.values())) < 2:
+        return set()
+    best = (min if any(metric in g.lower_is_better for g in groups) else max)(shown.values())
+    return {name for name, value in shown.items() if value == best}
+
+
+_BEST_CELL = "<td class='best'>"
+
+
 def _metrics_table(result: SuiteResult, columns: Sequence[str]) -> str:
+    """A table in a box that scrolls sideways when it is wider than the page."""
     esc = html.escape
     head = "".join(f"<th>{esc(m)}</th>" for m in columns)
+    best = {m: best_systems(result, m) for m in columns}
     rows = []
     for name, scores in result.systems.items():
-        cells = "".join(f"<td>{format_value(result, m, scores.get(m))}</td>" for m in columns)
+        cells = "".join(
+            (_BEST_CELL if name in best[m] else "<td>")
+            + f"{format_value(result, m, scores.get(m))}</td>"
+            for m in columns
+        )
         rows.append(f'<tr><td class="name">{esc(name)}</td>{cells}</tr>')
     notes = "".join(f"<p class='muted'>{esc(n)}</p>" for n in table_notes(result, columns))
-    return f"{notes}<table class='metrics'><tr><th>system</th>{head}</tr>{''.join(rows)}</table>"
+    return (
+        f"{notes}<div class='table-scroll'><table class='metrics'><tr><th>system</th>{head}</tr>"
+        f"{''.join(rows)}</table></div>"
+    )
 
 
 def _paper_tables(result: SuiteResult) -> list[str]:
@@ -141,15 +181,26 @@ def _paper_tables(result: SuiteResult) -> list[str]:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table.metrics { border-collapse: collapse; font-size: 0.9em; }
-table.metrics th, table.metrics td { border: 1px solid #ccc; padding: 0.3em 0.5em; }
+.table-scroll { overflow-x: auto; max-width: 100%; margin: 0.5em 0 1.2em; }
+table.metrics { border-collapse: separate; border-spacing: 0; font-size: 0.9em;
+  border-top: 1px solid #ccc; border-left: 1px solid #ccc; }
+table.metrics th, table.metrics td { border-right: 1px solid #ccc;
+  border-bottom: 1px solid #ccc; padding: 0.3em 0.5em; white-space: nowrap; }
+table.metrics th { background: #f4f4f4; }
 table.metrics td { text-align: right; font-variant-numeric: tabular-nums; }
-table.metrics td.name { text-align: left; font-weight: 600; }
+table.metrics tr > :first-child { position: sticky; left: 0; z-index: 1; background: #fff;
+  text-align: left; font-weight: 600; box-shadow: 1px 0 0 #ccc; }
+table.metrics tr:first-child > :first-child { background: #f4f4f4; }
+table.metrics td.best { font-weight: 700; background: #e6f2e6; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 0.9em; }
 .sample { display: flex; gap: 1.5em; border-top: 1px solid #ddd; padding: 1em 0; }
+.sample > div:last-child { min-width: 0; }
 .sample img { width: 256px; height: auto; object-fit: contain; }
 .sample ul { margin: 0.2em 0 0.8em 1.2em; padding: 0; }
 .system { margin: 0.2em 0; } .system b { display: inline-block; min-width: 9em; }
-.muted { color: #777; font-size: 0.9em; }
+.scores { color: #777; font-size: 0.85em; margin-left: 0.6em; white-space: nowrap; }
+.muted { color: #777; font-size: 0.9em; } li { overflow-wrap: anywhere; }
 """
 
 
@@ -157,36 +208,67 @@ def render_report(
     result: SuiteResult,
     samples: Sequence[ReportSample],
     title: str = "finecap evaluation",
-    paper_tables: bool = False,
+    paper_tables: bool | None = None,
+    curves: Mapping[str, Sequence[str | os.PathLike]] | None = None,
 ) -> str:
-    """The HTML page as a string: one table of every metric, or with `paper_tables` the
-    tables of Cho et al. (PAPER_TABLES) and the samples as their Table 3."""
+    """The HTML page as a string: the tables of Cho et al. (PAPER_TABLES) with the samples as
+    their Table 3, or one table of every metric; `paper_tables` None: the paper's tables when
+    there are several systems. Then the figures (`report_figures`; training curves from
+    `curves`, system -> its run's CSV logs), unavailable metrics, samples, settings."""
     esc = html.escape
+    if paper_tables is None:
+        paper_tables = len(result.systems) > 1
     unavailable = "".join(
         f"<li><b>{esc(m)}</b>: {esc(reason)}</li>" for m, reason in result.unavailable.items()
     )
     settings = "".join(
         f"<li><b>{esc(str(k))}</b>: {esc(str(v))}</li>" for k, v in result.settings.items()
     )
+    lower = sorted(m for g in list_metrics() for m in g.lower_is_better)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>",
         "<p class='muted'>Scores x100 except "
-        f"{esc(', '.join(sorted(result.unscaled)) or 'none')}.</p>",
+        f"{esc(', '.join(sorted(result.unscaled)) or 'none')}. Shaded bold: the best of a "
+        f"column (the lowest for {esc(', '.join(lower))}).</p>",
     ]
     if paper_tables:
         parts += _paper_tables(result)
     else:
         parts.append(_metrics_table(result, table_columns(result)))
+    figures = report_figures(result, curves)
+    if figures:
+        parts.append("<h2>Figures</h2>" + "".join(_render_figure(f) for f in figures))
     if unavailable:
         parts.append(f"<h2>Unavailable</h2><ul>{unavailable}</ul>")
-    samples_html = "".join(_render_sample(s) for s in samples)
+    columns = table_columns(result)
+    samples_html = "".join(_render_sample(s, result, columns) for s in samples)
     parts.append(f"<h2>{SAMPLES_TITLE[paper_tables]}</h2>{samples_html}")
     parts.append(f"<h2>Settings</h2><ul class='muted'>{settings}</ul></body></html>\n")
     return "\n".join(parts)
 
 
-def _render_sample(sample: ReportSample) -> str:
+def _render_figure(figure: Figure) -> str:
+    esc = html.escape
+    return (
+        f"<figure id='{esc(figure.id)}'><img src='{figure.uri}' alt='{esc(figure.title)}'>"
+        f"<figcaption>{esc(figure.title)}</figcaption></figure>"
+    )
+
+
+def _render_scores(result: SuiteResult, columns: Sequence[str], scores: Mapping) -> str:
+    """ "CIDEr 112.3 · BLEU-4 40.1": an image's own scores, in the tables' column order."""
+    order = [m for m in columns if m in scores] + sorted(set(scores) - set(columns))
+    shown = [f"{html.escape(m)} {format_value(result, m, _finite(scores[m]))}" for m in order]
+    return f"<span class='scores'>{' · '.join(shown)}</span>" if shown else ""
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _render_sample(sample: ReportSample, result: SuiteResult, columns: Sequence[str]) -> str:
     esc = html.escape
     uri = image_data_uri(sample.image_path) if sample.image_path is not None else None
     image = (
@@ -196,7 +278,8 @@ def _render_sample(sample: ReportSample) -> str:
     )
     refs = "".join(f"<li>{esc(r)}</li>" for r in sample.references)
     systems = "".join(
-        f"<div class='system'><b>{esc(name)}</b> {esc(caption) or '<i>(empty)</i>'}</div>"
+        f"<div class='system'><b>{esc(name)}</b> {esc(caption) or '<i>(empty)</i>'}"
+        f"{_render_scores(result, columns, sample.scores.get(name, {}))}</div>"
         for name, caption in sample.captions.items()
     )
     return (
@@ -211,10 +294,11 @@ def write_report(
     result: SuiteResult,
     samples: Sequence[ReportSample],
     title: str = "finecap evaluation",
-    paper_tables: bool = False,
+    paper_tables: bool | None = None,
+    curves: Mapping[str, Sequence[str | os.PathLike]] | None = None,
 ) -> None:
-    """Write the self-contained HTML report atomically."""
-    atomic_write_text(path, render_report(result, samples, title, paper_tables))
+    """Write the self-contained HTML report atomically (arguments: `render_report`)."""
+    atomic_write_text(path, render_report(result, samples, title, paper_tables, curves))
 
 
 def pick_samples(
@@ -224,10 +308,14 @@ def pick_samples(
     captions: Mapping[str, Sequence[str]],
     n: int = 12,
     seed: int = 0,
+    per_image: Mapping[str, Mapping[str, Sequence[float | None]]] | None = None,
 ) -> list[ReportSample]:
-    """A seeded random sample of `n` images with references and each system's caption."""
+    """A seeded random sample of `n` images with references, each system's caption and, from
+    `per_image` (system -> metric -> a value per image, as `SuiteResult.per_image`), its
+    scores of that image."""
     import random
 
+    per_image = per_image or {}
     order = sorted(random.Random(seed).sample(range(len(image_ids)), min(n, len(image_ids))))
     return [
         ReportSample(
@@ -235,6 +323,11 @@ def pick_samples(
             Path(image_paths[i]) if image_paths is not None else None,
             list(references[i]),
             {name: caps[i] for name, caps in captions.items()},
+            {
+                name: {m: values[i] for m, values in per_image[name].items()}
+                for name in captions
+                if per_image.get(name)
+            },
         )
         for i in order
     ]

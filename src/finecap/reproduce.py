@@ -501,8 +501,16 @@ def _steps_then_evaluation(out: Path, settings: ReproduceSettings, jobs: int) ->
         ),
         log=lambda message: print(f"  {message}", flush=True),
     )
+    from finecap.report_plots import run_metric_logs
+
+    curves = {n: run_metric_logs(paths["captioners"] / n / "run") for n in systems}
     write_results(
-        evaluation, out / "metrics.json", out / "report.html", report_samples=16, paper_tables=True
+        evaluation,
+        out / "metrics.json",
+        out / "report.html",
+        report_samples=16,
+        paper_tables=True,
+        curves=curves,
     )
     print(format_table(evaluation.result))
     print(write_table4(paths, out))

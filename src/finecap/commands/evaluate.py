@@ -44,7 +44,9 @@ class EvaluateOptions(EvaluationConfig):
     """Images shown in the report."""
     paper_tables: bool = False
     """Report as Cho et al.'s tables (n-gram/embedding, retrieval, FineCapEval, degeneration,
-    examples) instead of one table."""
+    examples) even for one system (the default with several)."""
+    single_table: bool = False
+    """Report one table of every metric instead of Cho et al.'s tables."""
     list_metrics: bool = False
     """List the metric groups and exit."""
     judgments: str | None = None
@@ -104,6 +106,7 @@ _NOT_WITH_JUDGMENTS = (
     "predictions",
     "report",
     "paper_tables",
+    "single_table",
     "finecapeval",
     "reference_row",
     "allow_missing",
@@ -157,12 +160,14 @@ def handler(options: EvaluateOptions) -> int:
     missing = [f"--{n}" for n in ("predictions", "dataset") if not getattr(options, n)]
     if missing:
         raise InputError(f"{', '.join(missing)} required")
+    if options.paper_tables and options.single_table:
+        raise InputError("--paper-tables and --single-table: choose one")
     config = options.evaluation_config()
     _check_outputs(options, config)
     evaluation = evaluate(config, log=_note)
-    write_results(
-        evaluation, options.out, options.report, options.report_samples, options.paper_tables
-    )
+    # None: the paper's tables when there are several systems (finecap.report.render_report).
+    layout = True if options.paper_tables else False if options.single_table else None
+    write_results(evaluation, options.out, options.report, options.report_samples, layout)
     result = evaluation.result
     print(format_table(result))
     for metric, reason in result.unavailable.items():

@@ -69,6 +69,8 @@ def novelty(captions: Sequence[str], train_captions: Iterable[str]) -> float:
     "diversity",
     ("Repetition", "Distinct-1", "Distinct-2", "Vocabulary", "Mean-Length"),
     unscaled=("Vocabulary", "Mean-Length"),
+    lower_is_better=("Repetition",),
+    unranked=("Mean-Length",),
 )
 def _diversity_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
     """Degeneration (repeated content word or bigram) and diversity of the captions."""

@@ -47,7 +47,7 @@ def _undefined_reason(metric: str) -> str:
     return UNDEFINED_PRECISION if metric.startswith("Facts-P") else UNDEFINED_RECALL
 
 
-@register_metric("facts", FACT_METRICS, needs=("scenes",))
+@register_metric("facts", FACT_METRICS, needs=("scenes",), lower_is_better=("CHAIR-i", "CHAIR-s"))
 def _facts_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """Scene-fact precision/recall per kind and CHAIR, against the ground-truth scenes."""
     values = fact_metrics(score_corpus(system.captions, ctx.data.scenes))

@@ -63,7 +63,11 @@ def retrieval_scores(txt_emb: torch.Tensor, img_emb: torch.Tensor) -> dict[str, 
 
 
 @register_metric(
-    "retrieval", RETRIEVAL_METRICS, needs=("images", "clip"), unscaled=("MedR", "I2T-MedR")
+    "retrieval",
+    RETRIEVAL_METRICS,
+    needs=("images", "clip"),
+    unscaled=("MedR", "I2T-MedR"),
+    lower_is_better=("MedR", "I2T-MedR"),
 )
 def _retrieval_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
     """Text-to-image (and image-to-text) retrieval with the system's captions (Cho et al.)."""

@@ -110,6 +110,8 @@ class MetricGroup:
     compute: Compute
     unscaled: frozenset[str] = frozenset()  # printed as is, not x100
     description: str = ""
+    lower_is_better: frozenset[str] = frozenset()  # the report marks their minimum best
+    unranked: frozenset[str] = frozenset()  # neither direction is better (Mean-Length)
 
 
 _GROUPS: dict[str, MetricGroup] = {}
@@ -121,11 +123,18 @@ def register_metric(
     needs: Sequence[str] = (),
     unscaled: Sequence[str] = (),
     description: str = "",
+    lower_is_better: Sequence[str] = (),
+    unranked: Sequence[str] = (),
 ) -> Callable[[Compute], Compute]:
-    """Register `compute(ctx, system, wanted) -> {metric: value}` as metric group `name`."""
+    """Register `compute(ctx, system, wanted) -> {metric: value}` as metric group `name`.
+    `unscaled` metrics are printed as is (not x100); the report marks the best value of each
+    metric, the lowest for `lower_is_better` ones, none for `unranked` ones."""
     unknown = set(needs) - set(NEED_REASONS)
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)}; known: {sorted(NEED_REASONS)}")
+    foreign = (set(unscaled) | set(lower_is_better) | set(unranked)) - set(metrics)
+    if foreign:
+        raise ValueError(f"{sorted(foreign)} are not metrics of group {name!r}")
 
     def decorator(compute: Compute) -> Compute:
         if name in _GROUPS:
@@ -135,7 +144,14 @@ def register_metric(
             raise ValueError(f"metrics {sorted(taken)} are already registered")
         doc = description or (compute.__doc__ or "").strip().splitlines()[0]
         _GROUPS[name] = MetricGroup(
-            name, tuple(metrics), tuple(needs), compute, frozenset(unscaled), doc
+            name,
+            tuple(metrics),
+            tuple(needs),
+            compute,
+            frozenset(unscaled),
+            doc,
+            frozenset(lower_is_better),
+            frozenset(unranked),
         )
         return compute
 
@@ -244,6 +260,9 @@ class SuiteResult:
     settings: dict[str, Any]
     seconds: dict[str, float]  # wall time per metric group, all systems together
     unscaled: frozenset[str] = frozenset()
+    # Per-image values where a group gives them: system -> metric -> one value per image of
+    # EvalData.image_ids (None where undefined for that image); the report's samples show them.
+    per_image: dict[str, dict[str, Sequence[float | None]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The `metrics.json` document."""
