@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from finecap.data.images import load_image
 from finecap.scenes import generate_world
 from finecap.train.config import load_config
 from finecap.train.run import train
+from finecap.train.tasks import MLETask
 
 CONFIGS = sorted((Path(__file__).parents[1] / "src" / "finecap" / "configs").glob("*.yaml"))
 
@@ -100,3 +103,83 @@ def test_unknown_checkpoint_selection_is_refused() -> None:
     recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
     with pytest.raises(ValueError, match="trainer.select: Input should be 'val_cider' or 'last'"):
         load_config(recipe, ["trainer.select=best_bleu"])
+
+
+def _tiny(world: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"data.dataset={world}",
+        f"output_dir={out}",
+        "model.encoder.image_size=48",
+        *TINY,
+        *extra,
+    ]
+
+
+def test_run_prints_its_summary_and_epochs_and_logs_both_ways(
+    world: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
+    out = tmp_path / "run"
+    loggers = "trainer.logger=[csv, tensorboard]"
+    config = load_config(recipe, _tiny(world, out, "optim.max_epochs=2", loggers))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model_dir = train(config)
+    stdout, stderr = capfd.readouterr()
+
+    captioner = Captioner.from_pretrained(model_dir)
+    model = captioner.model
+    assert f"vocab       {len(captioner.vocab)} words" in stdout
+    for label, part in [("model", model), ("encoder", model.encoder), ("decoder", model.decoder)]:
+        n = sum(p.numel() for p in part.parameters())
+        assert re.search(rf"^ +{label} .*\b{n:,} parameters \({n:,} trainable\)", stdout, re.M)
+    corpus = load_corpus(world)
+    n_train, n_val = len(corpus.split("train")), min(8, len(corpus.split("val")))
+    assert f"{n_train} train images, {n_val} val images" in stdout
+    assert "4 per epoch, 8 optimiser steps (2 epochs" in stdout  # 32 images / 8 per batch
+    assert f"{out / 'logs' / 'version_0'}: metrics.csv, TensorBoard events" in stdout
+    assert "Epoch 1/2" in stdout and "Epoch 2/2" in stdout and "Epoch 0" not in stdout
+    assert stdout.index("finecap train: task mle") < stdout.index("Epoch 1/2")
+
+    noise = [str(w.message) for w in caught] + [stderr]
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)], noise
+    assert not any(re.search("LeafSpec|litlogger|GPU available|logging interval", n) for n in noise)
+    logs = out / "logs" / "version_0"
+    assert (logs / "metrics.csv").is_file() and list(logs.glob("events.out.tfevents.*"))
+
+
+def test_max_steps_ends_training_and_the_schedule_and_resumes(
+    world: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "last.ckpt"
+    for steps in (3, 6):  # 4 steps per epoch: both end mid-epoch; the second resumes the first
+        config = load_config(recipe, _tiny(world, out, f"optim.max_steps={steps}"))
+        train(config)
+        state = torch.load(last, weights_only=True)
+        assert state["global_step"] == steps
+        [lr, _] = state["lr_schedulers"][0]["_last_lr"]  # decoder, encoder groups
+        assert lr == pytest.approx(config.optim.lr * config.optim.min_lr_ratio)
+        assert json.loads((out / "run.json").read_text())["finished"] == {"max_steps": steps}
+    stdout, stderr = capfd.readouterr()
+    assert "mid-epoch, at step 3: a fresh shuffle feeds the epoch's last 1 step" in stdout
+    assert "resuming from a checkpoint" not in stderr  # Lightning's advice, to developers
+    rows = list(csv.DictReader((out / "logs" / "version_1" / "metrics.csv").open()))
+    assert [r["step"] for r in rows if r["val/CIDEr"]] == ["3", "5"]  # epoch end, then step 6
+
+
+def test_batch_limits_are_honoured(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
+    out = tmp_path / "run"
+    validated: list[int] = []
+    step = MLETask.validation_step
+    monkeypatch.setattr(
+        MLETask, "validation_step", lambda self, b, i: validated.append(i) or step(self, b, i)
+    )
+    limits = ["data.batch_size=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1"]
+    train(load_config(recipe, _tiny(world, out, "optim.max_epochs=2", *limits)))
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert validated == [0, 0]  # one of the two validation batches (4 images), each epoch

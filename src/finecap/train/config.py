@@ -80,6 +80,11 @@ class OptimConfig(Settings):
     min_lr_ratio: Probability = 0.1
     """Final learning rate as a share of lr (1 = constant after warm-up)."""
     max_epochs: PositiveInt = 20
+    """Epochs to train (when max_steps is None)."""
+    max_steps: PositiveInt | None = None
+    """Stop after this many optimiser steps, however many epochs that takes (it replaces
+    max_epochs, as in Hugging Face's Trainer): the cosine schedule ends there and the last
+    step is validated. None: train max_epochs epochs."""
     gradient_clip: NonNegativeFloat = 1.0
     """Clip the gradient norm to this (0 = no clipping)."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)

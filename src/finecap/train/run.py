@@ -5,7 +5,8 @@ Output layout (`config.output_dir`):
   checkpoints/last.ckpt      the latest state (every few minutes / N steps, each epoch's end,
                              on SIGINT/SIGTERM), written atomically: what a rerun resumes
   checkpoints/best.ckpt      the best validation CIDEr-D (with trainer.select: val_cider)
-  logs/version_N/            CSV or TensorBoard logs, one folder per (resumed) run
+  logs/version_N/            metrics.csv and/or TensorBoard events (trainer.logger), one
+                             folder per (resumed) run
   model/                     the selected model: config.json, model.safetensors, vocab.json
   config.yaml                the resolved recipe, with the model it actually trained
   run.json                   what identifies the run (dataset, seed, task, model) + finished
@@ -20,7 +21,7 @@ recorded run is refused unless `force`.
 from __future__ import annotations
 
 import json
-import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -39,7 +40,15 @@ from finecap.train.checkpoints import (
 )
 from finecap.train.config import TrainConfig, config_to_yaml
 from finecap.train.data import CaptionDataModule
-from finecap.train.lightning import make_trainer, quiet_lightning
+from finecap.train.lightning import (
+    EVERY_LINE,
+    RUN_QUIET,
+    check_loggers,
+    limited_batches,
+    make_trainer,
+    quiet_lightning,
+)
+from finecap.train.summary import RunSummary
 from finecap.train.tasks import CaptionTask, create_task
 
 RUN_FILE = "run.json"
@@ -97,19 +106,35 @@ def check_resume(out: Path, identity: dict, force: bool) -> dict | None:
     return recorded
 
 
+def budget(config: TrainConfig) -> dict:
+    """How long the run trains, as run.json records it when it has: {"max_steps": N} or
+    {"max_epochs": N}; a rerun with the same budget of a finished run does nothing."""
+    optim = config.optim
+    return {"max_steps": optim.max_steps} if optim.max_steps else {"max_epochs": optim.max_epochs}
+
+
+def _budget_of(finished: object) -> dict | None:
+    # run.json files written before max_steps existed record the epoch count alone.
+    return {"max_epochs": finished} if isinstance(finished, int) else finished
+
+
+def _budget_text(budget: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in budget.items())
+
+
 def train(config: TrainConfig, init: str | Path | None = None, force: bool = False) -> Path:
     """Fit the configured task; returns the exported model folder."""
     config, initial = resolve_model(config, init)
+    check_loggers(config.trainer.logger)
     out = Path(config.output_dir)
     fresh = not out.exists()
     identity = run_identity(config)
     recorded = check_resume(out, identity, force)
-    finished = recorded and recorded.get("finished") == config.optim.max_epochs
+    finished = recorded and _budget_of(recorded.get("finished")) == budget(config)
     if finished and (out / "model").is_dir():
-        print(f"{out}: finished already ({config.optim.max_epochs} epochs); nothing to do")
+        print(f"{out}: finished already ({_budget_text(budget(config))}); nothing to do")
         return out / "model"
     L.seed_everything(config.seed, workers=True, verbose=False)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     data = CaptionDataModule(config.data)
     vocab = initial.vocab if initial else data.build_vocab()
     task = create_task(config, vocab, initial.model if initial else None)
@@ -125,7 +150,7 @@ def train(config: TrainConfig, init: str | Path | None = None, force: bool = Fal
             checkpoint = _fit(task, data, config, out)
             facts = training_facts(config, data.corpus, len(data.train_records), len(vocab))
             folder = export_selected(task, checkpoint, out / "model", facts)
-            record["finished"] = config.optim.max_epochs
+            record["finished"] = budget(config)
             atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
         except BaseException:
             if fresh and not any((out / "checkpoints").glob("*.ckpt")):
@@ -153,12 +178,20 @@ def _fit(
         config.trainer.checkpoint_every_n_steps,
         config.trainer.checkpoint_every_minutes,
     )
-    callbacks = [best, last, GracefulStop(last)]
+    callbacks = [RunSummary(out), best, last, GracefulStop(last)]
+    batches = math.ceil(len(data.train_records) / config.data.batch_size)
+    per_epoch = limited_batches(batches, config.trainer.limit_train_batches)
     trainer = make_trainer(
-        config.trainer, config.optim.max_epochs, callbacks, out, config.optim.gradient_clip
+        config.trainer,
+        config.optim.max_epochs,
+        callbacks,
+        out,
+        config.optim.gradient_clip,
+        max_steps=config.optim.max_steps,
+        log_every_n_steps=max(1, min(10, per_epoch)),  # short epochs still log their steps
     )
     resume = out / "checkpoints" / LAST
-    with quiet_lightning():
+    with quiet_lightning(RUN_QUIET, EVERY_LINE):
         trainer.fit(
             task,
             datamodule=data,
@@ -182,6 +215,7 @@ def export_selected(
         state = load_checkpoint(path)
         task.load_state_dict(state["state_dict"])
         extra["epochs"] = int(state["epoch"]) + 1  # epochs trained when it was saved
+        extra["steps"] = int(state["global_step"])
     if best.best_model_score is not None:
         extra["best_val_cider"] = float(best.best_model_score)
     card = render_card(extra, title=f"finecap captioner: {describe(extra)}")
