@@ -71,7 +71,9 @@ def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
         f"{data.get('train_images', '?')} training images; vocabulary {facts.get('vocab_size')}",
         f"- model: {recipe.get('encoder', '?')} encoder, {recipe.get('decoder', '?')} decoder",
         f"- objective: {how}",
-        f"- epochs: {facts.get('epochs', '?')} of {recipe.get('max_epochs', '?')}, "
+        f"- epochs: {facts.get('epochs', '?')} of {recipe.get('max_epochs', '?')}"
+        + (f" ({facts['steps']} optimiser steps)" if facts.get("steps") else "")
+        + ", "
         f"seed {recipe.get('seed', '?')}; weights selected by "
         f"{'validation CIDEr-D' if facts.get('selected') == 'val_cider' else 'the last epoch'}",
         "",

@@ -84,7 +84,8 @@ class LastCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.ckpt_path:  # restored already: say where the run goes on from
             print(
-                f"resuming from step {trainer.global_step} (epoch {trainer.current_epoch}): "
+                f"resuming from step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch + 1}/{trainer.max_epochs}): "
                 f"{trainer.ckpt_path}",
                 flush=True,
             )
