@@ -117,6 +117,7 @@ class GrammarTrainConfig(Settings):
     epochs: PositiveInt = 6
     """Passes over the training references."""
     batch_size: int = Field(64, ge=2)
+    """References per batch (each with one corrupted copy as its negative)."""
     lr: PositiveFloat = 5e-4
     """AdamW learning rate (Cho et al.: 1e-4; see the module docstring)."""
     weight_decay: NonNegativeFloat = 0.01
@@ -133,7 +134,9 @@ class GrammarTrainConfig(Settings):
     description_prob: Probability = 0.3
     """Share of positives drawn from detailed descriptions (long, fluent) instead of references."""
     seed: int = 0
+    """Seed of the batch order and the negatives drawn."""
     eval_split: str = "test"
+    """Split of the held-out accuracy written to grammar_eval.json."""
     prompt: str = CLIP_PROMPT
     """Prepended to every caption before the text encoder (Cho et al.)."""
     kinds: list[NegativeKind] = Field(default_factory=lambda: list(NEGATIVE_KINDS), min_length=1)
@@ -150,17 +153,22 @@ class DiscriminatorTrainConfig(Settings):
     eval_split: str = "val"
     """Split it is evaluated on (accuracy per class); empty or missing: none."""
     epochs: PositiveInt = 20
+    """Passes over the training images."""
     batch_size: PositiveInt = 64
     """Images per step (each with one reference and its generated captions)."""
     lr: PositiveFloat = 1e-4
+    """Adam learning rate."""
     hidden: list[PositiveInt] = [512, 256]
     """Hidden layer widths (the reference's 512, 256)."""
     prefix: str = ""
     """Text put before every caption before it is embedded (the reward's `prefix`)."""
     seed: int = 0
+    """Seed of the initialisation, batch order and negatives."""
     beam_size: PositiveInt = 5
     """The captioner's beams per image (the RL policy's decoding: beam 5, no repeated trigrams)."""
     block_trigrams: bool = True
+    """No trigram twice in a generated caption (as the RL policy decodes)."""
     max_len: PositiveInt = 16
     """Longest generated caption in words (at most the captioner's decoder.max_len)."""
     caption_batch_size: PositiveInt = 50
+    """Images captioned together when generating the negatives."""

@@ -17,6 +17,7 @@ class LightningConfig(Settings):
     accelerator: str = "cpu"
     """Lightning accelerator: cpu, gpu, cuda, mps or auto."""
     devices: PositiveInt | Literal["auto"] = 1
+    """How many devices (GPUs, or CPU processes) to train on; "auto": all there are."""
     strategy: str = "auto"
     """Lightning strategy, e.g. "ddp" for several GPUs."""
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"] = (
