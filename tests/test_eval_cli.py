@@ -71,8 +71,23 @@ def test_end_to_end_all_metrics(world, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     doc = json.loads((root / "metrics.json").read_text())
-    assert set(doc) == {"systems", "unavailable", "settings"}
+    assert set(doc) == {
+        "systems",
+        "unavailable",
+        "settings",
+        "image_ids",
+        "per_image",
+        "aggregation",
+    }
     assert list(doc["systems"]) == ["good", "degenerate", "Reference"]
+    assert doc["image_ids"] == world["test_ids"]
+    # every row against the same 4 references: the Reference row holds the first one out
+    assert doc["settings"]["references_per_image"] == dict.fromkeys(
+        doc["systems"], {"min": 4, "max": 4}
+    )
+    assert all(len(v) == 10 for v in doc["per_image"]["good"].values())
+    assert doc["aggregation"]["CIDEr"] == "mean of per_image"
+    assert "summed over images" in doc["aggregation"]["BLEU-4"]
     every = {m for g in list_metrics() for m in g.metrics} - {"METEOR"}
     for name, scores in doc["systems"].items():
         # every registered metric is either scored or listed unavailable with a reason

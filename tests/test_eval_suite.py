@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from finecap.data.predictions import PredictionsError, align_predictions
 from finecap.metrics import suite
 from finecap.metrics.suite import (
     EvalData,
-    PredictionsError,
     SuiteConfig,
     System,
-    align_predictions,
     list_metrics,
     register_metric,
     resolve_selection,
@@ -78,7 +77,14 @@ def test_missing_inputs_are_listed_unavailable_with_reasons():
         "Mean-Length",
     }
     doc = result.to_json()
-    assert set(doc) == {"systems", "unavailable", "settings"}
+    assert set(doc) == {
+        "systems",
+        "unavailable",
+        "settings",
+        "image_ids",
+        "per_image",
+        "aggregation",
+    }
     assert doc["settings"]["n_images"] == 3 and doc["settings"]["refclip_variant"] == "hessel"
 
 

@@ -10,8 +10,19 @@
     write_results(evaluation, "metrics.json", report="report.html")
 
 Predictions are COCO results files (`[{"image_id", "caption"}]`, image_id = the dataset's
-cocoid where it has one, else imgid); each file is a system named after the file, or NAME with
-`NAME=path`. References come from a Karpathy-format dataset (or any `load_corpus` format).
+id of the image or its file name: `finecap.data.predictions`); each file is a system named
+after the file, or NAME with `NAME=path`. References come from a Karpathy-format dataset (or
+any `load_corpus` format).
+
+References of each row: by default every system is scored against all of an image's
+references. A Reference row (`reference_row`) is one of the references scored like a system,
+so every row is then scored against the *other* references: with `reference_row` alone the
+Reference row is each image's first reference and all rows are scored against references
+2..n; with `leave_one_out` every row is scored K times, fold k holding out each image's k-th
+reference (K = the fewest references a scored image has; the Reference row is reference k),
+and the scores are the means over the K folds -- the leave-one-out human consensus of
+Vedantam et al. 2015 (CIDEr), applied to the systems too so that all rows compare.
+`settings["references_per_image"]` records what each row was scored against.
 Inputs that do not fit together (an empty split, an unknown metric, predictions for other
 images, image files that are not there, image paths leading outside the image root) raise a
 `finecap.errors.UserError` naming the file and the fault, before any model loads.
@@ -22,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +42,17 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from finecap.config import PathStr
+from finecap.data.predictions import PredictionsError, align_predictions
 from finecap.errors import UserError
 from finecap.io import named_path
 from finecap.metrics.suite import (
     EvalData,
-    PredictionsError,
     SuiteConfig,
     SuiteResult,
     System,
-    align_predictions,
     list_metrics,
     resolve_selection,
-    run_suite,
+    run_folds,
 )
 
 __all__ = ["Evaluation", "EvaluationConfig", "InputError", "evaluate", "write_results"]
@@ -56,9 +67,9 @@ class InputError(UserError, ValueError):
 class EvaluationConfig(SuiteConfig):
     """What to score, on what, with which metrics (plus the suite's models and options)."""
 
-    predictions: list[str] = Field(min_length=1)
+    predictions: list[str] = Field(default_factory=list)
     """COCO results files, one a system: `FILE` (named after the file) or `NAME=FILE`; a
-    mapping {NAME: FILE} is read as the same list."""
+    mapping {NAME: FILE} is read as the same list. May be empty with `reference_row`."""
     dataset: PathStr
     """Karpathy-format dataset.json, or its folder (or COCO captions JSON)."""
     split: str = "test"
@@ -71,9 +82,14 @@ class EvaluationConfig(SuiteConfig):
     finecapeval: PathStr | None = None
     """FineCapEval annotations (CSV) of the split's images."""
     metrics: list[str] | None = None
-    """Metric or group names, comma-separated or as a list (default: all registered)."""
+    """Metric or group names, comma-separated or as a list (default: the default groups, all
+    but BERTScore and caption similarity; `all`: every group)."""
     reference_row: bool = False
-    """Add a system 'Reference': each image's first reference, scored against the others."""
+    """Add a row 'Reference': each image's first reference (every reference in turn with
+    `leave_one_out`); every row is then scored against the other references."""
+    leave_one_out: bool = False
+    """Score every row once per held-out reference k = 1..K against the other references and
+    report the means over the K folds."""
     allow_missing: bool = False
     """Score only the images every system captioned instead of failing."""
 
@@ -130,20 +146,23 @@ def evaluate(config: EvaluationConfig, log: Callable[[str], None] | None = None)
     together, and score every system. `log` gets notes (ignored predictions, images left out,
     time per metric group); default: this module's logger at INFO."""
     log = log or logger.info
+    if not (config.predictions or config.reference_row):
+        raise InputError("nothing to score: give predictions files, or the Reference row alone")
     try:
         wanted = resolve_selection(config.metrics)  # unknown names fail before any loading
     except ValueError as err:
         raise InputError(str(err)) from None
-    data, systems, given, paths = _inputs(config, wanted, log)
-    result = run_suite(systems, data, config, config.metrics, log=log)
+    data, captions, given, paths = _inputs(config, wanted, log)
+    folds = _folds(config, data, captions)
+    result = run_folds(folds, data, config, config.metrics, log=log)
     result.settings.update(
         dataset=str(config.dataset),
         split=config.split,
         predictions={name: str(path) for name, path in given},
         finecapeval_file=config.finecapeval,
-        reference_row="first reference vs the others" if config.reference_row else None,
+        **_reference_settings(config, data, folds),
     )
-    return Evaluation(result, data, systems, dict(given), paths)
+    return Evaluation(result, data, folds[0], dict(given), paths)
 
 
 def write_results(
@@ -162,7 +181,7 @@ def write_results(
     from finecap.io import atomic_write_text
 
     if out is not None:
-        atomic_write_text(out, json.dumps(evaluation.to_json(), indent=2) + "\n")
+        atomic_write_text(out, metrics_json(evaluation.to_json()))
     if report is None:
         return
     from finecap.report import pick_samples, write_report
@@ -181,13 +200,24 @@ def write_results(
     write_report(report, result, samples, paper_tables=paper_tables, curves=curves)
 
 
+_NUMBER_LIST = re.compile(r"\[\s+((?:-?[0-9.eE+-]+|null)(?:,\s+(?:-?[0-9.eE+-]+|null))*)\s+\]")
+
+
+def metrics_json(doc: dict[str, Any]) -> str:
+    """`doc` as indented JSON with each list of numbers on one line (per-image scores would
+    otherwise take a line per image)."""
+    text = json.dumps(doc, indent=2)
+    return _NUMBER_LIST.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
 # --------------------------------------------------------------------------- inputs
 
 
 def _inputs(
     config: EvaluationConfig, wanted: dict[str, frozenset[str]], log: Callable[[str], None]
-) -> tuple[EvalData, list[System], list[tuple[str, Path]], list[Path]]:
-    """The suite's inputs, the systems, (name, file) per predictions file, image paths."""
+) -> tuple[EvalData, dict[str, list[str]], list[tuple[str, Path]], list[Path]]:
+    """The suite's inputs, each system's captions, (name, file) per predictions file, image
+    paths."""
     from finecap.data.formats import load_corpus
 
     given = config.systems()
@@ -207,12 +237,67 @@ def _inputs(
         finecapeval=_finecapeval(config, covered),
         scenes=_scenes(config, covered),
     )
-    systems = [System(name, [preds[i] for i in data.image_ids]) for name, preds in aligned.items()]
-    if config.reference_row:
-        # The first reference is the "system", scored against the remaining ones.
-        first = [refs[0] for refs in data.references]
-        systems.append(System("Reference", first, [r[1:] or r for r in data.references]))
-    return data, systems, given, paths
+    captions = {name: [preds[i] for i in data.image_ids] for name, preds in aligned.items()}
+    return data, captions, given, paths
+
+
+REFERENCE_ROW = "Reference"
+
+
+def _folds(
+    config: EvaluationConfig, data: EvalData, captions: dict[str, list[str]]
+) -> list[list[System]]:
+    """The rows of each fold: one fold against all references, or one per held-out reference
+    (the module docstring has the rule)."""
+    if not (config.reference_row or config.leave_one_out):
+        return [[System(name, caps) for name, caps in captions.items()]]
+    if config.reference_row and REFERENCE_ROW in captions:
+        raise InputError(f"a system is named {REFERENCE_ROW!r}: rename it (NAME=path)")
+    fewest = min(len(refs) for refs in data.references)
+    if fewest < 2:
+        image_id = next(
+            i for i, r in zip(data.image_ids, data.references, strict=True) if len(r) < 2
+        )
+        raise InputError(
+            f"{config.dataset}: image_id {image_id} has one reference; holding one out for "
+            "the Reference row or leave-one-out needs at least two per image"
+        )
+    folds = []
+    for k in range(fewest if config.leave_one_out else 1):
+        others = [refs[:k] + refs[k + 1 :] for refs in data.references]
+        fold = [System(name, caps, others) for name, caps in captions.items()]
+        if config.reference_row:
+            fold.append(System(REFERENCE_ROW, [refs[k] for refs in data.references], others))
+        folds.append(fold)
+    return folds
+
+
+def _reference_settings(
+    config: EvaluationConfig, data: EvalData, folds: list[list[System]]
+) -> dict[str, Any]:
+    """What each row was scored against, for metrics.json and the table."""
+
+    def counts(refs: list[list[str]]) -> dict[str, int]:
+        return {"min": min(map(len, refs)), "max": max(map(len, refs))}
+
+    if config.leave_one_out:
+        row = "; the Reference row is reference k" if config.reference_row else ""
+        rule = (
+            f"leave-one-out: {len(folds)} folds, fold k scores every row against each image's "
+            f"references less the k-th{row}; scores are the means over the folds"
+        )
+    elif config.reference_row:
+        rule = "the Reference row is each image's first reference; every row is scored "
+        rule += "against references 2..n"
+    else:
+        rule = "every row is scored against all of an image's references"
+    return {
+        "references": rule,
+        "references_per_image": {s.name: counts(s.references or data.references) for s in folds[0]},
+        "reference_folds": len(folds),
+        "reference_row": config.reference_row,
+        "leave_one_out": config.leave_one_out,
+    }
 
 
 def _split_records(corpus, config: EvaluationConfig) -> list:
@@ -239,6 +324,7 @@ def _align(
     from finecap.data.formats import load_predictions
 
     split_of = {r.image_id: r.split for r in corpus.images}
+    names = corpus.ids_by_name()
     split_ids = [r.image_id for r in records]
     aligned: dict[str, dict[int, str]] = {}
     for name, path in given:
@@ -249,6 +335,7 @@ def _align(
             str(path),
             config.split,
             config.allow_missing,
+            names,
         )
         if elsewhere:
             log(f"{path}: ignoring {elsewhere} captions of images outside {config.split}")

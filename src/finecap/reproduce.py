@@ -498,6 +498,7 @@ def _steps_then_evaluation(out: Path, settings: ReproduceSettings, jobs: int) ->
             clip=paths["clip"],
             finecapeval=paths["dataset"].parent / "finecapeval.csv",
             reference_row=True,
+            metrics=["all"],  # BERTScore and caption similarity too (on request elsewhere)
         ),
         log=lambda message: print(f"  {message}", flush=True),
     )

@@ -23,19 +23,25 @@ PROG = "finecap evaluate"
 
 class EvaluateOptions(EvaluationConfig):
     """Score one or more systems' captions on a dataset split: n-gram, CLIP-S, retrieval,
-    FineCapEval, BERTScore, diversity. Predictions are COCO results files (image_id = the
-    dataset's cocoid where it has one, else imgid), one a system named after the file or
-    NAME=FILE. Writes metrics.json (scores, unavailable metrics with reasons, settings), prints
-    one table (x100), and optionally an HTML report."""
+    FineCapEval, scene facts, diversity by default; BERTScore and caption similarity on request
+    (--metrics all, or name them). Predictions are COCO results files, one a system named after
+    the file or NAME=FILE; image_id = the dataset's id of the image (Karpathy: cocoid, else
+    imgid; Flickr8k: the position of the file name in the sorted list of its file names) or
+    its file name, with or without the extension ("1000268201_693b08cb0e.jpg"). Writes
+    metrics.json (scores, per-image scores, unavailable metrics with reasons, settings; with
+    --bootstrap intervals and paired tests), prints the table (x100), and optionally an HTML
+    report."""
 
     # Optional here, unlike in EvaluationConfig, so that --list-metrics needs nothing else;
     # the handler names whichever of them is missing.
     predictions: Annotated[list[str] | None, arg(metavar="[NAME=]FILE [...]")] = None
-    """COCO results JSON, one a system (required)."""
+    """COCO results JSON, one a system; image_id the dataset's id of the image or its file name
+    (required unless --reference-row)."""
     dataset: str | None = None
     """Karpathy-format dataset.json, or its folder (or COCO captions JSON) (required)."""
     metrics: Annotated[list[str] | None, arg(metavar="NAME[,NAME...]")] = None
-    """Comma-separated metric or group names (default: all; see --list-metrics)."""
+    """Comma-separated metric or group names; `all`: every group (default: the default
+    groups, all but the slow bertscore and similarity; see --list-metrics)."""
     out: str | None = None
     """Where to write metrics.json (default: only print the table)."""
     report: str | None = None
@@ -58,19 +64,32 @@ class EvaluateOptions(EvaluationConfig):
 
     def evaluation_config(self) -> EvaluationConfig:
         """The library's settings: these options less the command's own."""
-        return EvaluationConfig.load(
-            self.model_dump(include=set(EvaluationConfig.model_fields)), PROG
-        )
+        settings = self.model_dump(include=set(EvaluationConfig.model_fields))
+        settings["predictions"] = settings["predictions"] or []  # --reference-row alone
+        return EvaluationConfig.load(settings, PROG)
 
 
 def _print_metric_groups() -> int:
     from finecap.metrics.suite import list_metrics
 
+    print("default: the groups marked default; --metrics all: every group")
     for g in list_metrics():
         needs = ", ".join(g.needs) or "-"
-        print(f"{g.name:12s} needs {needs:20s} {', '.join(g.metrics)}")
+        selected = "default" if g.default else "on request"
+        print(f"{g.name:12s} {selected:10s} needs {needs:20s} {', '.join(g.metrics)}")
         print(f"{'':12s} {g.description}")
     return 0
+
+
+def _print_references(settings: dict) -> None:
+    """ "references per image: good 4, Reference 4 (...)": what each row was scored against."""
+    counts = settings.get("references_per_image", {})
+    spans = {
+        name: str(c["min"]) if c["min"] == c["max"] else f"{c['min']}-{c['max']}"
+        for name, c in counts.items()
+    }
+    shown = ", ".join(f"{name} {span}" for name, span in spans.items())
+    print(f"references per image: {shown} ({settings.get('references')})")
 
 
 def _note(message: str) -> None:
@@ -109,7 +128,9 @@ _NOT_WITH_JUDGMENTS = (
     "single_table",
     "finecapeval",
     "reference_row",
+    "leave_one_out",
     "allow_missing",
+    "bootstrap",
 )
 
 
@@ -151,13 +172,15 @@ def _judgments_handler(options: EvaluateOptions) -> int:
 
 def handler(options: EvaluateOptions) -> int:
     from finecap.evaluation import evaluate, write_results
+    from finecap.metrics.bootstrap import format_intervals, format_paired
     from finecap.report import format_table
 
     if options.list_metrics:
         return _print_metric_groups()
     if options.judgments:
         return _judgments_handler(options)
-    missing = [f"--{n}" for n in ("predictions", "dataset") if not getattr(options, n)]
+    needed = ("dataset",) if options.reference_row else ("predictions", "dataset")
+    missing = [f"--{n}" for n in needed if not getattr(options, n)]
     if missing:
         raise InputError(f"{', '.join(missing)} required")
     if options.paper_tables and options.single_table:
@@ -170,6 +193,13 @@ def handler(options: EvaluateOptions) -> int:
     write_results(evaluation, options.out, options.report, options.report_samples, layout)
     result = evaluation.result
     print(format_table(result))
+    _print_references(result.settings)
+    if result.intervals:
+        print(format_intervals(result))
+        if result.paired:
+            print(format_paired(result))
+        for metric, reason in result.bootstrap_unavailable.items():
+            print(f"not bootstrapped: {metric}: {reason}")
     for metric, reason in result.unavailable.items():
         print(f"unavailable: {metric}: {reason}")
     if options.out:

@@ -23,6 +23,12 @@ Policies, the same for every format:
   error in train/restval: there it means a broken file, and an empty reference set would
   silently poison MLE batches and CIDEr rewards.
 - Duplicate image ids are an error, so `CaptionCorpus.by_id` is total.
+- Image ids (`ImageRecord.image_id`, what predictions files name): karpathy the `cocoid`,
+  else the `imgid`; coco_captions the image `id`; flickr8k the position of the file name in
+  the sorted list of every name in the token and split files (the stray "...jpg.1" entry
+  included, so ids never depend on line order); pairs the order in which images first
+  appear. Predictions may name an image by file name instead (`CaptionCorpus.ids_by_name`:
+  the path as written, its base name, or its stem).
 - A malformed file raises `DatasetFormatError` naming the file, the entry or line, and the fault.
 """
 
@@ -84,6 +90,20 @@ class CaptionCorpus:
 
     def by_id(self) -> dict[int, ImageRecord]:
         return {r.image_id: r for r in self.images}
+
+    def ids_by_name(self) -> dict[str, int | None]:
+        """{file name: image_id} for predictions that name images by file: each image's path
+        as the dataset writes it, else its base name, else that without its extension
+        ("1000268201_693b08cb0e.jpg", "1000268201_693b08cb0e"); a path wins over another
+        image's base name or stem. None: a name that fits several images at the same level."""
+        levels: list[dict[str, int | None]] = [{}, {}, {}]  # path, base name, stem
+        for record in self.images:
+            base = record.path.replace("\\", "/").rsplit("/", 1)[-1]
+            stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+            for level, name in zip(levels, (record.path, base, stem), strict=True):
+                if level.setdefault(name, record.image_id) != record.image_id:
+                    level[name] = None
+        return {**levels[2], **levels[1], **levels[0]}
 
     def image_path(self, record: ImageRecord) -> Path:
         """Where the record's image file is: `image_root / record.path`, refused with an

@@ -4,11 +4,14 @@ pycocoevalcap uses the "closest" effective reference length (ties -> the shorter
 clipped n-gram counts, and smoothing constants ``tiny = 1e-15`` (numerator) and ``small = 1e-9``
 (denominator). The corpus score pools counts and lengths over all images; the per-image scores
 apply the same formula to each image alone (cumulative product of precisions, k-th root).
+Corpus BLEU is not the mean of the per-image scores; `BleuStatistics` keeps what it pools,
+so a bootstrap resample of the images is rescored exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,10 +20,34 @@ from finecap.metrics.ngram import MAX_ORDER, ReferenceNgrams, Text
 _TINY, _SMALL = 1e-15, 1e-9
 
 
-def bleu_from_table(
+@dataclass
+class BleuStatistics:
+    """BLEU's sufficient statistics per candidate: corpus BLEU of any weighting of the
+    candidates (a bootstrap resample) pools them, `corpus(weights)`."""
+
+    correct: np.ndarray  # (B, n) clipped n-gram matches
+    guess: np.ndarray  # (B, n) candidate n-grams
+    testlen: np.ndarray  # (B,) candidate words
+    reflen: np.ndarray  # (B,) closest reference length
+
+    def per_image(self) -> np.ndarray:
+        """(n, B) BLEU-1..n of each candidate alone."""
+        return _bleu(self.correct, self.guess, self.testlen, self.reflen).T
+
+    def corpus(self, weights: np.ndarray) -> np.ndarray:
+        """(W, n) corpus BLEU-1..n with the candidates counted `weights` (W, B) times each;
+        a row of ones is the corpus score."""
+        weights = np.asarray(weights, np.float64)
+        return _bleu(
+            weights @ self.correct, weights @ self.guess, weights @ self.testlen,
+            weights @ self.reflen,
+        )  # fmt: skip
+
+
+def bleu_statistics(
     table: ReferenceNgrams, image_ids: Sequence[Hashable], candidates: Sequence[Text]
-) -> tuple[list[float], np.ndarray]:
-    """BLEU-1..n of `candidates` against `table`: (corpus scores [n], per-image scores (n, B))."""
+) -> BleuStatistics:
+    """Per-candidate BLEU statistics of `candidates` against `table` (pycocoevalcap's rules)."""
     n = table.n
     rows = table.rows(image_ids)
     c = table.match(rows, candidates)
@@ -37,11 +64,16 @@ def bleu_from_table(
     dist = np.where(ref_len >= 0, np.abs(ref_len - c.lengths[:, None]), np.iinfo(np.int64).max)
     closest = np.where(dist == dist.min(axis=1, keepdims=True), ref_len, np.iinfo(np.int64).max)
     reflen = closest.min(axis=1).astype(np.float64)  # (B,)
+    return BleuStatistics(correct, guess, testlen, reflen)
 
-    per_image = _bleu(correct, guess, testlen, reflen)  # (B, n)
-    corpus = _bleu(correct.sum(0)[None], guess.sum(0)[None], testlen.sum(keepdims=True),
-                   reflen.sum(keepdims=True))[0]  # fmt: skip
-    return [float(x) for x in corpus], per_image.T
+
+def bleu_from_table(
+    table: ReferenceNgrams, image_ids: Sequence[Hashable], candidates: Sequence[Text]
+) -> tuple[list[float], np.ndarray]:
+    """BLEU-1..n of `candidates` against `table`: (corpus scores [n], per-image scores (n, B))."""
+    stats = bleu_statistics(table, image_ids, candidates)
+    corpus = stats.corpus(np.ones((1, len(stats.testlen))))[0]
+    return [float(x) for x in corpus], stats.per_image()
 
 
 def _bleu(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from finecap.metrics.suite import EvalContext, System, register_metric
+from finecap.metrics.suite import EvalContext, GroupScores, System, register_metric
 
 CLIP_S_PREFIX = "A photo depicts "
 CLIP_S_WEIGHT = 2.5
@@ -104,19 +104,19 @@ def embed_references(
 
 
 @register_metric("clipscore", ("CLIP-S", "RefCLIP-S"), needs=("images", "clip"))
-def _clipscore_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
+def _clipscore_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """CLIP-S and RefCLIP-S (Hessel et al. 2021) with the given CLIP."""
     img = ctx.image_embeddings  # (N, P)
     txt = ctx.clip_texts(system.captions, CLIP_S_PREFIX)  # (N, P)
-    scores = {"CLIP-S": float(clip_s(img, txt).mean())}
+    per_image = {"CLIP-S": clip_s(img, txt).double().numpy()}  # both are means over images
     if "RefCLIP-S" in wanted:
         refs = ctx.references(system)
         key = ("clip_refs", tuple(map(tuple, refs)))
         ref_emb, mask = ctx.memo(key, lambda: embed_references(ctx.embedder, refs))
         variant = ctx.config.refclip_variant
-        scores["RefCLIP-S"] = float(refclip_s(img, txt, ref_emb, mask, variant).mean())
+        per_image["RefCLIP-S"] = refclip_s(img, txt, ref_emb, mask, variant).double().numpy()
         ctx.settings["refclip_variant"] = variant
         ctx.settings["refclip_reference_prefix"] = CLIP_S_PREFIX
     ctx.settings.update(clip=ctx.embedder.bundle.name, clip_s_prefix=CLIP_S_PREFIX)
     ctx.settings["clip_s_weight"] = CLIP_S_WEIGHT
-    return scores
+    return GroupScores({m: float(v.mean()) for m, v in per_image.items()}, per_image=per_image)

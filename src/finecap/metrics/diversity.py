@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from finecap.data.vocab import simple_tokenize
-from finecap.metrics.suite import EvalContext, System, register_metric
+from finecap.metrics.suite import EvalContext, GroupScores, System, register_metric
 
 # Function words whose repetition is ordinary English ("a man and a dog on a bench").
 _STOP_TEXT = """a an the and or but of on in at to with by for from into onto over under near
@@ -65,20 +67,38 @@ def novelty(captions: Sequence[str], train_captions: Iterable[str]) -> float:
     return novel / max(len(captions), 1)
 
 
+SET_STATISTIC = (
+    "a statistic of the whole set of captions (no per-image value); a resample repeats "
+    "captions, which alone lowers it, so it is not bootstrapped"
+)
+
+
 @register_metric(
     "diversity",
     ("Repetition", "Distinct-1", "Distinct-2", "Vocabulary", "Mean-Length"),
     unscaled=("Vocabulary", "Mean-Length"),
     lower_is_better=("Repetition",),
     unranked=("Mean-Length",),
+    not_means=dict.fromkeys(("Distinct-1", "Distinct-2", "Vocabulary"), SET_STATISTIC),
 )
-def _diversity_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
+def _diversity_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """Degeneration (repeated content word or bigram) and diversity of the captions."""
     ctx.settings["repetition"] = "share of captions repeating a content word or any bigram"
-    return diversity_scores(system.captions)
+    tokenized = [simple_tokenize(c) for c in system.captions]
+    per_image = {
+        "Repetition": np.array([is_repetitive(w) for w in tokenized], np.float64),
+        "Mean-Length": np.array([len(w) for w in tokenized], np.float64),
+    }
+    return GroupScores(diversity_scores(system.captions), per_image=per_image)
 
 
 @register_metric("novelty", ("Novel",), needs=("train_refs",))
-def _novelty_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
+def _novelty_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """Share of captions not found verbatim among the training references."""
-    return {"Novel": novelty(system.captions, ctx.data.train_captions or [])}
+    seen = ctx.memo(
+        ("train_sequences",),
+        lambda: {tuple(simple_tokenize(c)) for c in ctx.data.train_captions or []},
+    )
+    novel = [tuple(simple_tokenize(c)) not in seen for c in system.captions]
+    per_image = {"Novel": np.array(novel, np.float64)}
+    return GroupScores({"Novel": float(per_image["Novel"].mean())}, per_image=per_image)

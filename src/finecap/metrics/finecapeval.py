@@ -37,8 +37,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from finecap.errors import MissingFileError
-from finecap.metrics.suite import EvalContext, System, official_group_scores, register_metric
+from finecap.metrics.official import NOT_MEANS, official_group_scores
+from finecap.metrics.suite import EvalContext, GroupScores, System, register_metric
 
 PHRASE_SEPARATOR = "\\;"  # the two characters backslash, semicolon
 CRITERIA = ("background", "object", "relation")
@@ -231,13 +234,25 @@ def annotation_recall(
     rule: RecallRule, annotations: Sequence[Annotations | None], captions: Sequence[str]
 ) -> dict[str, float]:
     """Mean image recall per criterion over the images `rule` kept (annotations not None)."""
-    read = [(a, c) for a, c in zip(annotations, captions, strict=True) if a is not None]
-    scores = {}
+    per_image = recall_per_image(rule, annotations, captions)
+    return {m: float(np.nanmean(v)) if (~np.isnan(v)).any() else 0.0 for m, v in per_image.items()}
+
+
+def recall_per_image(
+    rule: RecallRule, annotations: Sequence[Annotations | None], captions: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """`FineCapEval-<criterion>` -> (I,) each image's recall, NaN where the image does not
+    count (no annotations kept, or no phrase under a rule that leaves such images out)."""
+    out = {}
     for criterion in CRITERIA:
-        per_image = [rule.image_recall(a.phrases[criterion], c) for a, c in read]
-        per_image = [s for s in per_image if s is not None]
-        scores[f"FineCapEval-{criterion}"] = sum(per_image) / len(per_image) if per_image else 0.0
-    return scores
+        values = [
+            rule.image_recall(a.phrases[criterion], c) if a is not None else None
+            for a, c in zip(annotations, captions, strict=True)
+        ]
+        out[f"FineCapEval-{criterion}"] = np.array(
+            [np.nan if v is None else v for v in values], np.float64
+        )
+    return out
 
 
 OVERALL_METRICS = ("BLEU-4", "ROUGE-L", "CIDEr")  # cheap ones (no Java METEOR / SPICE)
@@ -246,8 +261,13 @@ FINECAPEVAL_METRICS = tuple(
 )
 
 
-@register_metric("finecapeval", FINECAPEVAL_METRICS, needs=("finecapeval",))
-def _finecapeval_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
+@register_metric(
+    "finecapeval",
+    FINECAPEVAL_METRICS,
+    needs=("finecapeval",),
+    not_means={"FineCapEval-overall-BLEU-4": NOT_MEANS["BLEU-4"]},
+)
+def _finecapeval_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """FineCapEval word recall per criterion and n-gram metrics against its overall captions."""
     variant = ctx.config.finecapeval_variant
     rule = RULES[variant]
@@ -255,17 +275,24 @@ def _finecapeval_group(ctx: EvalContext, system: System, wanted: frozenset) -> d
         ("finecapeval", variant),
         lambda: [rule.annotations(e) if e else None for e in ctx.finecapeval_matches],
     )
-    pairs = [(a, c) for a, c in zip(annotations, system.captions, strict=True) if a]
-    scores = annotation_recall(rule, [a for a, _ in pairs], [c for _, c in pairs])
+    per_image = recall_per_image(rule, annotations, system.captions)
+    scores = annotation_recall(rule, annotations, system.captions)
+    per_image = {m: v for m, v in per_image.items() if (~np.isnan(v)).any()}
+    out = GroupScores(scores, per_image=per_image)
     overall = [m for m in OVERALL_METRICS if f"FineCapEval-overall-{m}" in wanted]
-    with_captions = [(a.captions, c) for a, c in pairs if a.captions]
-    if overall and with_captions:
-        refs, hyps = [r for r, _ in with_captions], [c for _, c in with_captions]
-        out = official_group_scores(refs, hyps, overall)
-        scores.update({f"FineCapEval-overall-{m}": v for m, v in out.scores.items()})
+    kept = [i for i, a in enumerate(annotations) if a is not None and a.captions]
+    if overall and kept:
+        refs = [annotations[i].captions for i in kept]
+        hyps = [system.captions[i] for i in kept]
+        resamples = ctx.resamples.restrict(kept) if ctx.resamples is not None else None
+        got = official_group_scores(refs, hyps, overall, resamples)
+        got = got.on_images(kept, len(annotations))
+        for field_name in ("scores", "unavailable", "per_image", "replicates"):
+            values = getattr(got, field_name).items()
+            getattr(out, field_name).update({f"FineCapEval-overall-{m}": v for m, v in values})
     ctx.settings.update(
         finecapeval_variant=variant,
         finecapeval_rule=rule.description,
-        finecapeval_images=len(pairs),
+        finecapeval_images=sum(a is not None for a in annotations),
     )
-    return scores
+    return out

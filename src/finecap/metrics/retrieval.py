@@ -19,7 +19,8 @@ import math
 import numpy as np
 import torch
 
-from finecap.metrics.suite import EvalContext, System, register_metric
+from finecap.metrics.bootstrap import median_replicates
+from finecap.metrics.suite import EvalContext, GroupScores, System, register_metric
 
 RECALL_KS = (1, 5, 10)
 # Identical captions embed to vectors equal only up to float noise across batch rows; such
@@ -62,18 +63,39 @@ def retrieval_scores(txt_emb: torch.Tensor, img_emb: torch.Tensor) -> dict[str, 
     }
 
 
+def _per_image(ranks: torch.Tensor, prefix: str = "") -> dict[str, np.ndarray]:
+    """Per query: a hit (1.0) or miss for each R@k, and its 1-based rank for MedR."""
+    ranks_np = ranks.numpy()
+    per = {f"{prefix}R@{k}": (ranks_np < k).astype(np.float64) for k in RECALL_KS}
+    per[f"{prefix}MedR"] = ranks_np.astype(np.float64) + 1
+    return per
+
+
+MEDR_RULE = "floor of the median of the per-image 1-based ranks (bootstrap: of each resample)"
+
+
 @register_metric(
     "retrieval",
     RETRIEVAL_METRICS,
     needs=("images", "clip"),
     unscaled=("MedR", "I2T-MedR"),
     lower_is_better=("MedR", "I2T-MedR"),
+    not_means={"MedR": MEDR_RULE, "I2T-MedR": MEDR_RULE},
 )
-def _retrieval_group(ctx: EvalContext, system: System, wanted: frozenset) -> dict[str, float]:
+def _retrieval_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """Text-to-image (and image-to-text) retrieval with the system's captions (Cho et al.)."""
     txt = ctx.clip_texts(system.captions, "")  # no prompt, as in Cho et al.
+    img = ctx.image_embeddings
     ctx.settings["retrieval"] = (
         f"one caption per image against all {len(txt)} images, no prompt; "
-        "ties count against the system; MedR 1-based"
+        "ties count against the system; MedR 1-based; per image: hit or miss (R@k) and rank "
+        "(MedR) of each query against the whole split, which a bootstrap keeps fixed"
     )
-    return retrieval_scores(txt, ctx.image_embeddings)
+    t2i, i2t = ranks_of_truth(txt, img), ranks_of_truth(img, txt)
+    scores = {**recall_at(t2i), **recall_at(i2t, prefix="I2T-")}
+    per_image = {**_per_image(t2i), **_per_image(i2t, "I2T-")}
+    replicates = {}
+    if ctx.resamples is not None:
+        for medr in ("MedR", "I2T-MedR"):
+            replicates[medr] = np.floor(median_replicates(per_image[medr], ctx.resamples))
+    return GroupScores(scores, per_image=per_image, replicates=replicates)

@@ -8,6 +8,19 @@ group whose input is missing is not computed; each of its selected metrics is li
 image embeddings, the text encoder, reference embeddings) load once per suite run in an
 `EvalContext` and are reused by every system and group.
 
+With no selection, the default groups run: all but the slow ones registered `default=False`
+(BERTScore and caption similarity, a minute or more per 1,000 images on a CPU); `all` selects
+every group and `default` the default ones, beside any other names.
+
+Per image: a group gives each metric's value per image where one exists (`GroupScores.
+per_image`). A metric is the mean of its per-image values (NaN: the image does not count)
+unless its group declares otherwise in `not_means` (BLEU pools counts, MedR is a median, fact
+precision is micro-averaged); `run_suite` checks the declared means against the scores. With
+`SuiteConfig.bootstrap` resamples, means are rescored by reweighting their per-image values and
+`not_means` metrics by the group itself (`GroupScores.replicates`); `finecap.metrics.
+bootstrap` turns the replicates into intervals and paired tests. `run_folds` scores the same
+systems under several reference sets (leave-one-out) and averages over them.
+
 Values are on pycocoevalcap's scale (fractions; CIDEr 1.123); `finecap.report` prints them
 x100 the way papers do, except the metrics a group declares `unscaled` (MedR, Vocabulary, ...).
 """
@@ -21,8 +34,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from finecap.config import PathStr, PositiveInt, Settings
-from finecap.errors import UserError
+import numpy as np
+
+from finecap.config import NonNegativeInt, PathStr, PositiveInt, Settings
+from finecap.metrics.bootstrap import Resamples
+from finecap.metrics.results import FoldedScores, SuiteResult, check_means
 
 if TYPE_CHECKING:
     from finecap.scenes.world import Scene
@@ -82,6 +98,11 @@ class SuiteConfig(Settings):
     """Images or texts encoded together."""
     clip_cache: PathStr | None = None
     """safetensors file caching image embeddings between runs."""
+    bootstrap: NonNegativeInt = 0
+    """Bootstrap resamples of the images (e.g. 1000) for 95 % percentile intervals and paired
+    tests between systems (Koehn 2004); 0: none."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap resamples (the same resamples for every system)."""
 
 
 @dataclass
@@ -95,8 +116,24 @@ class System:
 
 @dataclass
 class GroupScores:
+    """One system's scores from one group. `per_image`: metric -> (I,) values aligned with
+    EvalData.image_ids (NaN: the image does not count). `replicates`: metric -> (B,) corpus
+    score on each of `EvalContext.resamples`, for `not_means` metrics only (the suite
+    rescores means itself)."""
+
     scores: dict[str, float]
     unavailable: dict[str, str] = field(default_factory=dict)
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def on_images(self, positions: Sequence[int], n_images: int) -> GroupScores:
+        """These scores, computed on the images at `positions` of n_images (replicates on
+        `Resamples.restrict(positions)`), with per-image values placed among all n_images."""
+        per_image = {}
+        for metric, values in self.per_image.items():
+            per_image[metric] = np.full(n_images, np.nan)
+            per_image[metric][list(positions)] = values
+        return GroupScores(self.scores, self.unavailable, per_image, self.replicates)
 
 
 Compute = Callable[["EvalContext", System, frozenset], "GroupScores | dict[str, float]"]
@@ -112,6 +149,8 @@ class MetricGroup:
     description: str = ""
     lower_is_better: frozenset[str] = frozenset()  # the report marks their minimum best
     unranked: frozenset[str] = frozenset()  # neither direction is better (Mean-Length)
+    default: bool = True  # selected when no selection is given (False: slow, on request)
+    not_means: Mapping[str, str] = field(default_factory=dict)  # metric -> how it is formed
 
 
 _GROUPS: dict[str, MetricGroup] = {}
@@ -125,14 +164,22 @@ def register_metric(
     description: str = "",
     lower_is_better: Sequence[str] = (),
     unranked: Sequence[str] = (),
+    default: bool = True,
+    not_means: Mapping[str, str] | None = None,
 ) -> Callable[[Compute], Compute]:
-    """Register `compute(ctx, system, wanted) -> {metric: value}` as metric group `name`.
-    `unscaled` metrics are printed as is (not x100); the report marks the best value of each
-    metric, the lowest for `lower_is_better` ones, none for `unranked` ones."""
+    """Register `compute(ctx, system, wanted) -> {metric: value} | GroupScores` as metric
+    group `name`. `unscaled` metrics are printed as is (not x100); the report marks the best
+    value of each metric, the lowest for `lower_is_better` ones, none for `unranked` ones.
+    `default=False` leaves a slow group out of the default selection. `not_means`: metric ->
+    how its corpus score is formed, for each metric that is not the mean of its per-image
+    values (or has none)."""
     unknown = set(needs) - set(NEED_REASONS)
     if unknown:
         raise ValueError(f"unknown needs {sorted(unknown)}; known: {sorted(NEED_REASONS)}")
-    foreign = (set(unscaled) | set(lower_is_better) | set(unranked)) - set(metrics)
+    not_means = dict(not_means or {})
+    if {name, *metrics} & set(SELECTION_WORDS):
+        raise ValueError(f"{', '.join(SELECTION_WORDS)} name selections, not metrics or groups")
+    foreign = (set(unscaled) | set(lower_is_better) | set(unranked) | set(not_means)) - set(metrics)
     if foreign:
         raise ValueError(f"{sorted(foreign)} are not metrics of group {name!r}")
 
@@ -152,6 +199,8 @@ def register_metric(
             doc,
             frozenset(lower_is_better),
             frozenset(unranked),
+            default,
+            not_means,
         )
         return compute
 
@@ -164,25 +213,36 @@ def list_metrics() -> list[MetricGroup]:
     return list(_GROUPS.values())
 
 
-def resolve_selection(selection: Sequence[str] | None = None) -> dict[str, frozenset[str]]:
-    """Group or metric names -> {group: metrics wanted}; None: everything.
+# Words of a selection that name several groups (case-insensitive).
+SELECTION_WORDS = {
+    "all": "every group",
+    "default": "the default groups (all but the slow ones)",
+}
 
-    Exact names first (so `BERTScore` is the metric and `bertscore` its group of three),
-    then case-insensitively, groups before metrics (`cider` is CIDEr).
+
+def resolve_selection(selection: Sequence[str] | None = None) -> dict[str, frozenset[str]]:
+    """Group or metric names -> {group: metrics wanted}; None (or empty): the default groups.
+
+    `all` is every group and `default` the default ones. Exact names first (so `BERTScore`
+    is the metric and `bertscore` its group of three), then case-insensitively, groups before
+    metrics (`cider` is CIDEr).
     """
     groups = list_metrics()
+    words = {"all": groups, "default": [g for g in groups if g.default]}
     exact = {g.name: (g.name, set(g.metrics)) for g in groups}
     exact.update({m: (g.name, {m}) for g in groups for m in g.metrics})
     loose = {m.lower(): (g.name, {m}) for g in groups for m in g.metrics}
     loose.update({g.name.lower(): (g.name, set(g.metrics)) for g in groups})
-    if not selection:
-        return {g.name: frozenset(g.metrics) for g in groups}
     wanted: dict[str, set[str]] = {}
-    for item in (s.strip() for s in selection):
+    for item in [s.strip() for s in selection or ()] or ["default"]:
+        if item.lower() in words:
+            for g in words[item.lower()]:
+                wanted.setdefault(g.name, set()).update(g.metrics)
+            continue
         match = exact.get(item) or loose.get(item.lower())
         if match is None:
             known = ", ".join(g.name for g in groups)
-            raise ValueError(f"unknown metric or group {item!r}; groups: {known}")
+            raise ValueError(f"unknown metric or group {item!r}; groups: {known}, or all")
         wanted.setdefault(match[0], set()).update(match[1])
     return {g.name: frozenset(wanted[g.name]) for g in groups if g.name in wanted}
 
@@ -192,6 +252,9 @@ class EvalContext:
 
     def __init__(self, data: EvalData, config: SuiteConfig) -> None:
         self.data, self.config = data, config
+        n, b = len(data.image_ids), config.bootstrap
+        # The same resamples for every system and group: paired tests need them shared.
+        self.resamples = Resamples.draw(n, b, config.bootstrap_seed) if b else None
         self.settings: dict[str, Any] = {}  # what the groups used; merged into the result
         self._memo: dict[tuple, Any] = {}
 
@@ -253,22 +316,6 @@ class EvalContext:
         return match_images(self.data.finecapeval, self.data.file_names)
 
 
-@dataclass
-class SuiteResult:
-    systems: dict[str, dict[str, float]]
-    unavailable: dict[str, str]
-    settings: dict[str, Any]
-    seconds: dict[str, float]  # wall time per metric group, all systems together
-    unscaled: frozenset[str] = frozenset()
-    # Per-image values where a group gives them: system -> metric -> one value per image of
-    # EvalData.image_ids (None where undefined for that image); the report's samples show them.
-    per_image: dict[str, dict[str, Sequence[float | None]]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The `metrics.json` document."""
-        return {"systems": self.systems, "unavailable": self.unavailable, "settings": self.settings}
-
-
 def run_suite(
     systems: Sequence[System],
     data: EvalData,
@@ -276,17 +323,38 @@ def run_suite(
     metrics: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SuiteResult:
-    """Score every system on the selected metrics (default: all registered)."""
+    """Score every system on the selected metrics (default: the default groups)."""
+    return run_folds([systems], data, config, metrics, log)
+
+
+def run_folds(
+    folds: Sequence[Sequence[System]],
+    data: EvalData,
+    config: SuiteConfig | None = None,
+    metrics: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SuiteResult:
+    """Score the same systems under each fold's references and average over the folds.
+
+    A fold lists the systems (the same names in every fold), each with the `references` it
+    is scored against in that fold: leave-one-out evaluation has one fold per held-out
+    reference. Scores, per-image values and bootstrap replicates are the folds' means (with
+    one fold, as computed); a metric some fold could not score is left out for that system.
+    """
     config = config or SuiteConfig()
+    names = [s.name for s in folds[0]]
     n = len(data.image_ids)
-    for s in systems:
-        if len(s.captions) != n:
-            raise ValueError(f"system {s.name!r} has {len(s.captions)} captions for {n} images")
+    for fold in folds:
+        if [s.name for s in fold] != names:
+            raise ValueError(f"every fold must list the systems {names}")
+        for s in fold:
+            if len(s.captions) != n:
+                raise ValueError(f"system {s.name!r} has {len(s.captions)} captions for {n} images")
     ctx = EvalContext(data, config)
-    selection = resolve_selection(metrics)
     groups = {g.name: g for g in list_metrics()}
-    result = SuiteResult({s.name: {} for s in systems}, {}, {}, {})
-    for name, wanted in selection.items():
+    result = SuiteResult({name: {} for name in names}, {}, {}, {}, image_ids=list(data.image_ids))
+    folded = FoldedScores(names, len(folds))
+    for name, wanted in resolve_selection(metrics).items():
         group = groups[name]
         reasons = [NEED_REASONS[need] for need in group.needs if ctx.missing(need)]
         if reasons:
@@ -295,16 +363,17 @@ def run_suite(
                     result.unavailable[metric] = "; ".join(reasons)
             continue
         started = time.perf_counter()
-        for system in systems:
-            out = group.compute(ctx, system, wanted)
-            out = out if isinstance(out, GroupScores) else GroupScores(out)
-            result.systems[system.name].update(
-                {m: float(out.scores[m]) for m in group.metrics if m in out.scores and m in wanted}
-            )
-            result.unavailable.update({m: r for m, r in out.unavailable.items() if m in wanted})
+        for fold in folds:
+            for system in fold:
+                out = group.compute(ctx, system, wanted)
+                out = out if isinstance(out, GroupScores) else GroupScores(out)
+                check_means(group, out, n)
+                folded.add(system.name, group, out, wanted)
+                result.unavailable.update({m: r for m, r in out.unavailable.items() if m in wanted})
         result.seconds[name] = time.perf_counter() - started
         if log:
             log(f"{name}: {result.seconds[name]:.1f}s")
+    folded.finish(result, groups.values(), ctx.resamples)
     result.unscaled = frozenset(m for g in groups.values() for m in g.unscaled)
     result.settings = {
         "n_images": n,
@@ -315,74 +384,14 @@ def run_suite(
         "text_encoder": ctx.text_encoder,
         **ctx.settings,
     }
+    if ctx.resamples is not None:
+        result.settings["bootstrap_method"] = ctx.resamples.describe()
     return result
-
-
-class PredictionsError(UserError, ValueError):
-    """Predictions do not match the dataset split; the message names the file and the ids."""
-
-
-def align_predictions(
-    predictions: Mapping[int | str, str],
-    split_ids: Sequence[int],
-    split_of: Mapping[int, str],
-    source: str,
-    split: str,
-    allow_missing: bool = False,
-) -> tuple[dict[int, str], int]:
-    """Match COCO-results ids (int or numeric string) to the split's image ids.
-
-    `split_of` maps every dataset image id to its split. Returns ({image_id: caption} for the
-    split, number of predictions for images of other splits, which are ignored). Raises
-    `PredictionsError` for ids not in the dataset, duplicates, and (unless `allow_missing`)
-    split images without a caption.
-    """
-    in_split = set(split_ids)
-    by_text = {str(i): i for i in split_of}
-    aligned: dict[int, str] = {}
-    elsewhere = 0
-    for key, caption in predictions.items():
-        image_id = by_text.get(str(key).strip())
-        if image_id is None:
-            raise PredictionsError(
-                f"{source}: image_id {key!r} is not an image of the dataset "
-                "(ids are the cocoid where the dataset has one, else the imgid)"
-            )
-        if image_id not in in_split:
-            elsewhere += 1
-            continue
-        if image_id in aligned:
-            raise PredictionsError(f"{source}: image_id {image_id} has two captions")
-        aligned[image_id] = caption
-    missing = [i for i in split_ids if i not in aligned]
-    if missing and not allow_missing:
-        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-        raise PredictionsError(
-            f"{source}: {len(missing)} of {len(split_ids)} {split} images have no caption "
-            f"(image_id {shown}){_split_hint(predictions, by_text, split_of, split)}; pass "
-            "--allow-missing to score only the images every system covers"
-        )
-    return aligned, elsewhere
-
-
-def _split_hint(predictions, by_text, split_of, split: str) -> str:  # noqa: ANN001
-    """ ", but they caption the test split: pass --split test" when most predictions are of
-    one other split (the commonest mistake: test captions scored on the default split)."""
-    counts: dict[str, int] = {}
-    for key in predictions:
-        image_id = by_text.get(str(key).strip())
-        if image_id is not None and split_of[image_id] != split:
-            counts[split_of[image_id]] = counts.get(split_of[image_id], 0) + 1
-    if not counts:
-        return ""
-    other = max(counts, key=counts.get)
-    if counts[other] * 2 < len(predictions):
-        return ""
-    return f", but {counts[other]} of its captions are of {other} images: pass --split {other}"
 
 
 # Built-in groups, in table-column order; each module registers its groups on import.
 BUILTIN_MODULES = (
+    "finecap.metrics.official",
     "finecap.metrics.clipscore",
     "finecap.metrics.retrieval",
     "finecap.metrics.finecapeval",
@@ -412,30 +421,3 @@ def _load_builtin_groups() -> None:
     ordered = sorted(_GROUPS.items(), key=lambda kv: rank.get(kv[0], len(rank)))
     _GROUPS.clear()
     _GROUPS.update(ordered)
-
-
-OFFICIAL_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
-
-
-def official_group_scores(
-    references: Sequence[Sequence[str]], captions: Sequence[str], wanted: Sequence[str]
-) -> GroupScores:
-    """pycocoevalcap scores of captions against references (aligned lists), by metric name."""
-    from finecap.metrics.official import official_scores
-
-    # The official tier runs BLEU-1..4 as one metric "BLEU" and reports it as "BLEU-1..4".
-    runs = list(dict.fromkeys("BLEU" if m.startswith("BLEU-") else m for m in wanted))
-    runs = [m for m in ("BLEU", "METEOR", "ROUGE-L", "CIDEr", "SPICE") if m in runs]
-    refs = {i: list(r) for i, r in enumerate(references)}
-    out = official_scores(refs, dict(enumerate(captions)), metrics=runs)
-    unavailable = {}
-    for label, reason in out.unavailable.items():
-        names = [f"BLEU-{n}" for n in range(1, 5)] if label.startswith("BLEU") else [label]
-        unavailable.update(dict.fromkeys(names, reason))
-    return GroupScores(dict(out.scores), unavailable)
-
-
-@register_metric("official", OFFICIAL_METRICS)
-def _official(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
-    """BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr(-D), SPICE through pycocoevalcap."""
-    return official_group_scores(ctx.references(system), system.captions, wanted)
