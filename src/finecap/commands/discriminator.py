@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from finecap.config import Settings
 from finecap.clip.config import DiscriminatorTrainConfig
+from finecap.config import Settings
 
 
 class DiscriminatorTrainOptions(Settings):
