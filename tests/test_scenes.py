@@ -183,6 +183,12 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "exceed n (2)" in capsys.readouterr().err
 
 
+def test_cli_generate_default_out_is_where_the_recipes_read(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["scenes", "generate", "--n", "4", "--no-progress"]) == 0
+    assert (tmp_path / "data" / "scenes" / "dataset.json").is_file()
+
+
 def test_cli_generate_help_and_bad_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["scenes", "generate", "--help"]) == 0
     assert "--no-progress" in capsys.readouterr().out

@@ -14,8 +14,8 @@ class ScenesGenerateOptions(Settings):
     """Generate the scenes dataset: N images split train/val/test (10 % val and 10 % test
     unless --val/--test are given), dataset.json (Karpathy format) and finecapeval.csv."""
 
-    out: str
-    """Output folder."""
+    out: str = "data/scenes"
+    """Output folder (default: where the shipped scenes SCST recipes read their dataset)."""
     world: WorldConfig = WorldConfig()
     progress: bool = True
     """Show a progress bar."""
