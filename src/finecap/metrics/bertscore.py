@@ -148,6 +148,9 @@ class BertScore:
                 idf=self.idf,
                 idf_sents=self._idf_sentences or None,
                 batch_size=self.batch_size,
+                # idf counted in this process: bert-score's default forks a Pool, which can
+                # deadlock when another thread (a METEOR reader, torch) holds a lock.
+                nthreads=0,
             )
         except OSError as err:
             raise TextEncoderUnavailableError(
