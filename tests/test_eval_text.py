@@ -49,7 +49,8 @@ def test_bertscore_idf_equals_library():
 
     idf_sents = [r for refs in REFS for r in refs if r]
     ours = BertScore(ENCODER, idf_sentences=idf_sents).per_caption(CAPTIONS[:2], REFS[:2])
-    ref = BERTScorer(model_type=ENCODER, num_layers=6, idf=True, idf_sents=idf_sents)
+    # nthreads=0: the same idf count without forking a Pool (a fork can deadlock here).
+    ref = BERTScorer(model_type=ENCODER, num_layers=6, idf=True, idf_sents=idf_sents, nthreads=0)
     p, r, f = ref.score(CAPTIONS[:2], REFS[:2])
     torch.testing.assert_close(ours, torch.stack([p, r, f], 1))
 
