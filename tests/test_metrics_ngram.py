@@ -268,7 +268,7 @@ def test_spice_without_corenlp_is_unavailable_not_downloaded(monkeypatch, tmp_pa
     reason = official_module.spice_status()
     assert "stanford-corenlp-3.6.0" in reason and "get_stanford_models" in reason
     out = official_module.OfficialResult({}, {})
-    official_module._spice({1: ["a dog"]}, {1: ["a dog"]}, out)
+    official_module._spice({1: ["a dog"]}, {1: ["a dog"]}, out, None)
     assert out.unavailable["SPICE"] == reason and "SPICE" not in out.scores
 
 

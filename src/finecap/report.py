@@ -199,7 +199,7 @@ figcaption { color: #555; font-size: 0.9em; }
 .sample img { width: 256px; height: auto; object-fit: contain; }
 .sample ul { margin: 0.2em 0 0.8em 1.2em; padding: 0; }
 .system { margin: 0.2em 0; } .system b { display: inline-block; min-width: 9em; }
-.scores { color: #777; font-size: 0.85em; margin-left: 0.6em; white-space: nowrap; }
+.scores { color: #777; font-size: 0.85em; margin-left: 0.6em; overflow-wrap: anywhere; }
 .muted { color: #777; font-size: 0.9em; } li { overflow-wrap: anywhere; }
 """
 
