@@ -143,9 +143,10 @@ def captioner_config(
     run["trainer"] = {"threads": threads}
     config = load_config(recipe, **merge(changes, run))
     for term in config.scst.rewards if config.scst else ():
-        if isinstance(term, ClipSConfig) and term.clip_from == "grammar":
-            pass  # scores with the grammar term's fine-tuned CLIP (Cho et al.), set below
-        elif isinstance(term, ClipRewardConfig):
+        # A CLIP-S term with clip_from "grammar" scores with the grammar term's fine-tuned
+        # CLIP (Cho et al.), set below with the grammar model; every other CLIP term, ours.
+        grammar_clip = isinstance(term, ClipSConfig) and term.clip_from == "grammar"
+        if isinstance(term, ClipRewardConfig) and not grammar_clip:
             term.clip = str(paths["clip"])
         if isinstance(term, DiscriminatorConfig):
             term.pretrained = str(paths["discriminator"])
