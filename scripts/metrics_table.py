@@ -14,7 +14,8 @@ COLUMNS = {  # header -> metric
     "CLIP-S": "CLIP-S", "RefCLIP-S": "RefCLIP-S", "R@1": "R@1", "R@5": "R@5", "R@10": "R@10",
     "MedR": "MedR", "FCE bg": "FineCapEval-background", "FCE obj": "FineCapEval-object",
     "FCE rel": "FineCapEval-relation", "Facts-P": "Facts-P", "Facts-R": "Facts-R",
-    "CHAIR-i": "CHAIR-i", "CHAIR-s": "CHAIR-s", "Rep.": "Repetition", "Dist-2": "Distinct-2",
+    "CHAIR-i": "CHAIR-i", "CHAIR-s": "CHAIR-s", "Salient": "Salient", "Shapeless": "Shapeless",
+    "Rep.": "Repetition", "Dist-2": "Distinct-2", "Distinct": "Distinct-Captions",
     "Vocab": "Vocabulary", "Len": "Mean-Length",
 }  # fmt: skip
 UNSCALED = {"MedR", "Vocabulary", "Mean-Length"}

@@ -39,7 +39,16 @@ def world(tmp_path_factory):
 # tests cover it).
 SELECTED = [
     *("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "SPICE"),
-    *("clipscore", "retrieval", "finecapeval", "facts", "bertscore", "similarity", "diversity"),
+    *(
+        "clipscore",
+        "retrieval",
+        "finecapeval",
+        "facts",
+        "salience",
+        "bertscore",
+        "similarity",
+        "diversity",
+    ),
     "novelty",
 ]
 

@@ -73,6 +73,7 @@ def test_missing_inputs_are_listed_unavailable_with_reasons():
         "Repetition",
         "Distinct-1",
         "Distinct-2",
+        "Distinct-Captions",
         "Vocabulary",
         "Mean-Length",
     }

@@ -106,6 +106,12 @@ def test_diversity_scores_hand_computed():
     # bigrams: (a dog) (dog with) (with a) (a dog) (a cat) -> 5 total, 4 unique
     assert scores["Distinct-2"] == pytest.approx(4 / 5)
     assert scores["Vocabulary"] == 4 and scores["Mean-Length"] == pytest.approx(7 / 3)
+    assert scores["Distinct-Captions"] == 1  # no two images share a caption
+
+
+def test_distinct_captions_counts_captions_no_other_image_got():
+    captions = ["there is a red hexagon", "There is a red hexagon.", "a pink box", "a star"]
+    assert diversity_scores(captions)["Distinct-Captions"] == pytest.approx(2 / 4)
 
 
 def test_novelty():

@@ -195,3 +195,12 @@ def test_evaluate_reports_fact_metrics(tmp_path, capsys):
     ref, bad = doc["systems"]["Reference"], doc["systems"]["bad"]
     assert ref["Facts-P"] >= 0.95 and ref["CHAIR-i"] == 0
     assert bad["Facts-P"] < 0.5 and bad["CHAIR-i"] > 0 and bad["CHAIR-s"] > 0
+
+
+def test_salient_and_shapeless_shares():
+    data = EvalData([1, 2, 3], [["r"]] * 3, ["1.png"] * 3, scenes=[PURPLE_BALL] * 3)
+    captions = ["a purple ball on grass", "a purple object in the grass", "a red ball"]
+    result = run_suite([System("s", captions)], data, metrics=["salience"])
+    scores = result.systems["s"]
+    assert scores["Salient"] == pytest.approx(1 / 3)  # the third names the wrong colour
+    assert scores["Shapeless"] == pytest.approx(1 / 3)  # "object" is no shape

@@ -40,7 +40,7 @@ from finecap.errors import MissingFileError, UserError
 from finecap.io import FOLDER_MODE
 from finecap.model_card import CARD_FILE
 from finecap.models import CaptionModel, ModelConfig
-from finecap.models.encoders import HFImageEncoder
+from finecap.models.pretrained import PretrainedCaptionModel, is_pretrained_source, load_pretrained
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
@@ -94,7 +94,12 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike | None = None) -> Captioner:
-        """Load a saved captioner; None loads the bundled default scenes model."""
+        """Load a saved captioner; None loads the bundled default scenes model. A Hugging Face
+        VisionEncoderDecoder or BLIP captioner (a folder, told by its config.json's
+        `model_type`, or a hub name) loads through `finecap.models.pretrained`."""
+        if folder is not None and is_pretrained_source(folder):
+            model = load_pretrained(folder)
+            return cls(model, model.vocab, model.facts)
         folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (folder / f).is_file()]
         if missing:
@@ -129,7 +134,9 @@ class Captioner:
     ) -> None:
         """Write the folder atomically: a temp folder beside it, then a rename. `extra`: facts
         about how it was trained (plain JSON data, no machine paths), under "finecap";
-        `card`: the model card, written as README.md (`finecap.model_card`).
+        `card`: the model card, written as README.md (`finecap.model_card`). A pretrained
+        Hugging Face captioner is written in Hugging Face's own layout, its facts in
+        finecap.json (`PretrainedCaptionModel.save_pretrained`).
 
         Replacing an existing folder takes two renames (old aside, new in); a kill between
         them leaves `.NAME.old` and no NAME, which `recover` (called here first, and by
@@ -140,15 +147,17 @@ class Captioner:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes 0700; a model folder is for sharing
-            state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, tmp / WEIGHTS_FILE)
-            meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-            self.vocab.save(tmp / VOCAB_FILE)
+            if isinstance(self.model, PretrainedCaptionModel):
+                self.model.save_pretrained(tmp, extra)
+            else:
+                state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+                save_file(state, tmp / WEIGHTS_FILE)
+                meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
+                (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+                self.vocab.save(tmp / VOCAB_FILE)
             if card is not None:
                 (tmp / CARD_FILE).write_text(card, encoding="utf-8")
-            if isinstance(self.model.encoder, HFImageEncoder):
-                self.model.encoder.save_backbone_config(tmp / BACKBONE_DIR)
+            self.model.encoder.save_backbone_config(tmp / BACKBONE_DIR)
             if folder.exists():
                 old = folder.with_name(f".{folder.name}.old")
                 folder.rename(old)
@@ -214,6 +223,11 @@ class Captioner:
         single = isinstance(images, str | os.PathLike | Image.Image)
         items = [images] if single else list(images)
         settings = self._settings(beam_size, decoding, sampling, seed, generator)
+        if with_attention and not getattr(self.model.decoder, "gives_attention", True):
+            raise UserError(
+                f"attention maps: the {self.config.decoder.name} decoder of this captioner "
+                "gives no attention weights (finecap's own lstm and transformer decoders do)"
+            )
         if seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
         per_image = settings.n if isinstance(settings, SamplingConfig) else settings.n_best

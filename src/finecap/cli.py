@@ -71,6 +71,16 @@ TABLE: dict[str, tuple[str, str, dict[str, str] | None]] = {
         "Chaffin et al.'s discriminator (references vs generated captions)",
         {"train": "pre-train it for the discriminator reward's `pretrained:`"},
     ),
+    "features": (
+        "finecap.commands.features",
+        "feature store: encoder region features and CLIP embeddings, extracted once",
+        {"extract": "extract features for every image into a memory-mapped store"},
+    ),
+    "serve": (
+        "finecap.commands.serve",
+        "HTTP captioning service and web page",
+        None,
+    ),
     "reproduce": (
         "finecap.commands.reproduce",
         "scenes world -> CLIP, grammar head, MLE and SCST captioners -> metrics + report",

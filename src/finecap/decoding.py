@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,15 @@ class DecodingConfig(Settings):
     """Captions returned per image by beam search (at most beam_size)."""
     block_trigrams: bool = False
     """Forbid a beam from repeating a trigram it already contains."""
+    finished_beams: Literal["keep", "aside"] = "keep"
+    """A beam whose caption has ended: `keep` it among the K beams (fewer go on as captions
+    end), or set it `aside` among the K best ended captions while K unfinished beams go on
+    until none can beat them (fairseq's and Hugging Face generate()'s beam search, with
+    early_stopping=False; `finecap.beam_aside`)."""
+    at_max_len: Literal["eos", "stop"] = "eos"
+    """A caption still going after max_len tokens: `eos` gives it <eos> as one more token
+    (fairseq); `stop` ends it there without one, so max_len counts every new token, <eos>
+    included (generate()'s max_new_tokens)."""
 
     @model_validator(mode="after")
     def _n_best_fits(self) -> DecodingConfig:
@@ -65,7 +75,8 @@ def decode(
 ) -> Decoded:
     """Greedy when beam_size is 1, else beam search."""
     if config.beam_size == 1:
-        return greedy(decoder, enc, config.max_len, keep_attention)
+        force_eos = config.at_max_len == "eos"
+        return greedy(decoder, enc, config.max_len, keep_attention, force_eos=force_eos)
     return beam_search(decoder, enc, config, keep_attention)
 
 
@@ -76,15 +87,17 @@ def _left_to_right(
     choose: Callable[[Tensor], Tensor],
     keep_attention: bool,
     group: int = 1,
+    force_eos: bool = True,
 ) -> Decoded:
     """Shared loop of greedy and sampling, `group` captions per image:
-    choose(logits (N, V)) -> next words (N,)."""
+    choose(logits (N, V)) -> next words (N,). `force_eos`: a caption still going after
+    max_len words gets <eos> as its max_len + 1-th token; else it ends at max_len tokens."""
     state = decoder.init_state(enc, group)
     N = enc.pooled.shape[0] * group
     words = torch.full((N,), BOS, dtype=torch.long, device=enc.pooled.device)
     done = torch.zeros(N, dtype=torch.bool, device=words.device)
     tokens, logprobs, attention = [], [], []
-    for t in range(max_len + 1):
+    for t in range(max_len + 1 if force_eos else max_len):
         out = decoder.step(words, state)
         state = out.state
         logp = F.log_softmax(out.logits.float(), -1)  # (N, V)
@@ -106,9 +119,16 @@ def _left_to_right(
 
 
 def greedy(
-    decoder: Decoder, enc: EncoderOutput, max_len: int = 20, keep_attention: bool = False
+    decoder: Decoder,
+    enc: EncoderOutput,
+    max_len: int = 20,
+    keep_attention: bool = False,
+    force_eos: bool = True,
 ) -> Decoded:
-    return _left_to_right(decoder, enc, max_len, lambda logits: logits.argmax(-1), keep_attention)
+    def choose(logits: Tensor) -> Tensor:
+        return logits.argmax(-1)
+
+    return _left_to_right(decoder, enc, max_len, choose, keep_attention, force_eos=force_eos)
 
 
 class SamplingConfig(Settings):
@@ -181,7 +201,12 @@ def beam_search(
 
     An image whose K beams have all ended leaves the batch (its rows leave the state), so a
     batch costs what its unfinished images need rather than what its longest caption needs.
+    `config.finished_beams="aside"` runs `finecap.beam_aside` instead.
     """
+    if config.finished_beams == "aside":
+        from finecap.beam_aside import beam_search_aside  # it builds on this module
+
+        return beam_search_aside(decoder, enc, config, keep_attention)
     B, K = enc.pooled.shape[0], config.beam_size
     device = enc.pooled.device
     state = decoder.init_state(enc, group=K)
@@ -199,7 +224,8 @@ def beam_search(
     word_logp = torch.zeros(B * K, 0, device=device)
     attention = None
     results: list[Decoded | None] = [None] * B  # filled in as images finish
-    for t in range(config.max_len + 1):
+    last = config.max_len if config.at_max_len == "eos" else config.max_len - 1  # every beam ends
+    for t in range(last + 1):
         n = images.shape[0]
         out = decoder.step(words, state)
         constant = {key for key in constant if out.state.get(key) is state[key]}
@@ -230,7 +256,7 @@ def beam_search(
         scores = candidates.view(n, -1).gather(1, top)
         chosen_logp = logp.view(n, -1).gather(1, top)  # (n, K)
         lengths = new_lengths.gather(1, beam)
-        finished = finished.gather(1, beam) | (word == EOS)
+        finished = finished.gather(1, beam) | (word == EOS) | (t == last)
         offsets = (torch.arange(n, device=device) * K)[:, None]  # (n, 1) first row of each image
         rows = (beam + offsets).view(-1)  # (n*K,) which old beam each new beam extends
         moving = reorder_state(

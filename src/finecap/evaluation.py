@@ -352,7 +352,7 @@ def _check_images(covered, paths: list[Path], config: EvaluationConfig, wanted) 
     """With a CLIP and an image metric selected, every image file must exist: a silently
     unavailable CLIP-S would be worse than an error naming the missing file."""
     image_groups = [g.name for g in list_metrics() if "images" in g.needs and g.name in wanted]
-    if not (config.clip and image_groups):
+    if not (config.clip and image_groups) or config.features:  # a store stands for the files
         return
     absent = [(r.image_id, p) for r, p in zip(covered, paths, strict=True) if not p.is_file()]
     if absent:

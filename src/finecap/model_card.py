@@ -119,6 +119,8 @@ def describe(facts: Mapping[str, Any]) -> str:
     recipe, data = facts.get("recipe") or {}, facts.get("dataset") or {}
     task = recipe.get("task") or facts.get("task") or "?"
     what = task.upper() if task == "mle" else f"SCST {_rewards_text(recipe.get('rewards', []))}"
+    if task not in ("mle", "scst"):  # e.g. "pretrained blip": a Hugging Face captioner as is
+        what = task
     if data.get("synthetic_scenes"):
         what += ", synthetic scenes world only"
     return what

@@ -115,10 +115,12 @@ PAPER_TABLES: list[tuple[str, tuple[str, ...]]] = [
         f"FineCapEval-{m}" for m in ("background", "object", "relation", "overall-BLEU-4",
                                      "overall-ROUGE-L", "overall-CIDEr"))),
     ("Scene facts: precision and recall against the ground truth, hallucination (CHAIR)",
-     ("Facts-P", "Facts-R", "CHAIR-i", "CHAIR-s", *(f"Facts-{m}/{k}" for k in (
-         "object", "color", "size", "pattern", "relation", "background") for m in "PR"))),
+     ("Facts-P", "Facts-R", "CHAIR-i", "CHAIR-s", "Salient", "Shapeless",
+      *(f"Facts-{m}/{k}" for k in (
+          "object", "color", "size", "pattern", "relation", "background") for m in "PR"))),
     ("Degeneration: repetition, diversity and length",
-     ("Repetition", "Distinct-1", "Distinct-2", "Vocabulary", "Mean-Length", "Novel",
+     ("Repetition", "Distinct-1", "Distinct-2", "Distinct-Captions", "Vocabulary", "Mean-Length",
+      "Novel",
       "Caption-Similarity", "Caption-Similarity-max")),
 ]  # fmt: skip
 SAMPLES_TITLE = {False: "Samples", True: "Table 3: examples, every system's caption"}

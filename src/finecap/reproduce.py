@@ -11,6 +11,9 @@ Steps, each a library call a user could make from Python (or the matching comman
     (each captioner then captions the test split               -> DIR/predictions/NAME.json)
  6. the evaluation suite on all systems (+ Reference)          -> DIR/metrics.json, report.html
     and Cho et al.'s Table 4 by the oracle annotator            -> DIR/table4.json, .md
+With `features`, the CLIP's image embeddings of the world are extracted once after step 2
+(`finecap.features`)                                            -> DIR/features/
+and the SCST rows' CLIP rewards and the evaluation read them from there.
 Steps run as soon as what they need exists, `jobs` (default 2) at a time in worker processes,
 each logging to DIR/logs/STEP.log; the seconds of each land in DIR/timings.json.
 
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from finecap.train.config import TrainConfig
 
 CLIP, GRAMMAR, MLE, DISC = "scenes CLIP", "grammar head", "MLE", "discriminator"
+FEATURES = "features"  # with `features`: the CLIP's image embeddings, extracted once
 MARKERS = ".steps"  # DIR/.steps/STEP.done: the step finished
 
 
@@ -103,14 +107,26 @@ class ReproduceSettings(Settings):
     discriminator: DiscriminatorTrainConfig = DiscriminatorTrainConfig()
     mle: dict[str, Any] = {}
     scst: dict[str, Any] = {}
+    features: bool = False
+    """Extract the run CLIP's image embeddings of every world image once (DIR/features, a
+    feature store) for the SCST rows' CLIP rewards and the evaluation to read."""
 
 
 # The MLE captioner is the default model's recipe (scenes_transformer: a transformer decoder,
-# as in Cho et al.), 12 epochs on this run's 5,000-image world. So that the whole run fits in
-# 45 minutes on 2 cores, the CLIP trains 10 epochs (12 by default) and the grammar head 3 (6
-# by default): CLIP -> grammar head -> CLIP-S+Grammar is the run's longest chain.
+# as in Cho et al.), 12 epochs on this run's 5,000-image world. The CLIP is the best recipe of
+# the README's probe table: NegCLIP hard negatives for every description, 30 % short texts and
+# dense scene supervision, 10 epochs of 64 images. The grammar head trains 3 epochs (6 by
+# default): CLIP -> grammar head -> CLIP-S+Grammar is the run's longest chain.
+SCENES_CLIP = ClipTrainConfig(
+    epochs=10,
+    batch_size=64,
+    short_prob=0.3,
+    hard_negative_prob=1.0,
+    hard_negative_kinds=["shape", "pattern", "relation", "binding", "size"],
+    dense_weight=1.0,
+)
 FULL = ReproduceSettings(
-    clip=ClipTrainConfig(epochs=10),
+    clip=SCENES_CLIP,
     grammar=GrammarTrainConfig(epochs=3),
     mle={"optim": {"max_epochs": 12}},
     scst={"data": {"val_images": 100}},
@@ -148,6 +164,8 @@ def captioner_config(
         grammar_clip = isinstance(term, ClipSConfig) and term.clip_from == "grammar"
         if isinstance(term, ClipRewardConfig) and not grammar_clip:
             term.clip = str(paths["clip"])
+        if isinstance(term, ClipRewardConfig) and FEATURES in paths:
+            term.features = str(paths[FEATURES])  # the grammar CLIP's vision tower is ours
         if isinstance(term, DiscriminatorConfig):
             term.pretrained = str(paths["discriminator"])
         if isinstance(term, GrammarRewardConfig):
@@ -209,6 +227,13 @@ def _grammar(paths: dict, settings: ReproduceSettings, threads: int) -> None:
     train_grammar(paths["clip"], paths["dataset"], paths["grammar"], settings.grammar)
 
 
+def _features(paths: dict, settings: ReproduceSettings, threads: int) -> None:
+    from finecap.features.extract import ExtractConfig, extract
+
+    config = ExtractConfig(dataset=paths["dataset"], clip=[str(paths["clip"])], out=paths[FEATURES])
+    extract(config)
+
+
 def _discriminator(paths: dict, settings: ReproduceSettings, threads: int) -> None:
     from finecap.rewards.discriminator import train_discriminator
 
@@ -265,10 +290,14 @@ def plan(out: Path, settings: ReproduceSettings) -> tuple[list[Step], dict]:
         Step(DISC, (paths["discriminator"],), (CLIP, MLE), _discriminator, (paths, settings),
              legacy=paths["discriminator"] / "discriminator_eval.json"),
     ]  # fmt: skip
+    if settings.features:
+        paths[FEATURES] = out / "features"
+        steps.append(Step(FEATURES, (paths[FEATURES],), (CLIP,), _features, (paths, settings)))
     systems = {s.name: s for s in SYSTEMS}
     for name in RUN_ORDER:
         system = systems[name]
-        steps.append(_captioner_step(name, system.needs, system.recipe, mle, settings.scst, paths))
+        needs = system.needs + ((FEATURES,) if settings.features and CLIP in system.needs else ())
+        steps.append(_captioner_step(name, needs, system.recipe, mle, settings.scst, paths))
     return steps, paths
 
 
@@ -497,6 +526,7 @@ def _steps_then_evaluation(out: Path, settings: ReproduceSettings, jobs: int) ->
             dataset=paths["dataset"],
             split="test",
             clip=paths["clip"],
+            features=paths.get(FEATURES),
             finecapeval=paths["dataset"].parent / "finecapeval.csv",
             reference_row=True,
             metrics=["all"],  # BERTScore and caption similarity too (on request elsewhere)

@@ -46,9 +46,14 @@ def tiny_vocab() -> Vocab:
 
 
 def tiny_encoder_config(name: str = "small_cnn", freeze: bool = False) -> EncoderConfig:
-    """small_cnn: 32 px -> 4x4 grid of 16 features; HF encoders: the tiny configs above."""
+    """small_cnn: 32 px -> 4x4 grid of 16 features; HF encoders: the tiny configs above;
+    open_clip: a random CLIP ResNet of width 8, 64 px -> 2x2 grid of 256 features."""
     if name == "small_cnn":
         return encoder_config(name, freeze=freeze, image_size=32, width=16)
+    if name == "open_clip":
+        from .tiny_open_clip import TINY_OPEN_CLIP
+
+        return encoder_config(name, freeze=freeze, open_clip_config=TINY_OPEN_CLIP)
     return encoder_config(name, freeze=freeze, hf_config=dict(TINY_HF_CONFIGS[name]))
 
 

@@ -46,6 +46,7 @@ from finecap.errors import UserError
 from finecap.hub import WeightsNotFoundError
 from finecap.io import same_file
 from finecap.model_card import describe
+from finecap.models.pretrained import looks_like_hub_name
 
 PROG = "finecap caption"
 PROGRESS_MIN_IMAGES = 8  # a bar for a handful of images is noise
@@ -65,7 +66,8 @@ class CaptionOptions(Settings):
     )
     """Image files or folders (none with --dataset: its --split is captioned)."""
     model: str | None = None
-    """Saved captioner folder (default: the bundled scenes model)."""
+    """Saved captioner folder, or a Hugging Face VisionEncoderDecoder / BLIP captioner (folder
+    or hub name, e.g. nlpconnect/vit-gpt2-image-captioning); default: the bundled scenes model."""
     beam_size: PositiveInt | None = None
     """Beams per image; 1 = greedy (default: 3, or --n-best if larger; not with --sample)."""
     n_best: PositiveInt = 1
@@ -81,7 +83,8 @@ class CaptionOptions(Settings):
     seed: int | None = None
     """Makes --sample reproducible for the same images and --batch-size (default: random)."""
     max_len: PositiveInt = 20
-    """Most words per caption, capped at the model's own limit."""
+    """Most new tokens per caption (words; a pretrained captioner's own tokens), capped at the
+    model's own limit."""
     batch_size: PositiveInt = 32
     """Images decoded together."""
     as_json: Annotated[bool, tyro.conf.arg(name="json")] = False
@@ -126,7 +129,7 @@ def _load_captioner(model: str | None) -> Captioner:
         raise ValueError(
             f"no --model given and the bundled default model is not installed ({DEFAULT_MODEL_DIR})"
         )
-    if model is not None and not Path(model).is_dir():
+    if model is not None and not Path(model).is_dir() and not looks_like_hub_name(model):
         raise ValueError(f"model folder {model!r} does not exist")
     try:
         return Captioner.from_pretrained(model)

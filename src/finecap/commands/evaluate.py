@@ -131,6 +131,7 @@ _NOT_WITH_JUDGMENTS = (
     "leave_one_out",
     "allow_missing",
     "bootstrap",
+    "features",
 )
 
 

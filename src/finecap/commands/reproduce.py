@@ -17,6 +17,9 @@ class ReproduceOptions(Settings):
     """A reduced run (minutes, for CI)."""
     jobs: PositiveInt = 2
     """Steps run side by side, each in its own process; the CPU threads are split."""
+    features: bool = False
+    """Extract the CLIP's image embeddings once into DIR/features (a feature store) for the
+    SCST rewards and the evaluation."""
 
 
 def run(options: ReproduceOptions) -> int:
@@ -26,7 +29,8 @@ def run(options: ReproduceOptions) -> int:
     from finecap.reproduce import FULL, QUICK, Stopped, reproduce
 
     try:
-        reproduce(Path(options.out), QUICK if options.quick else FULL, jobs=options.jobs)
+        settings = (QUICK if options.quick else FULL).replace(features=options.features)
+        reproduce(Path(options.out), settings, jobs=options.jobs)
     except KeyboardInterrupt as stop:  # the workers are gone already; say how to go on
         how = "by SIGTERM" if isinstance(stop, Stopped) else "(Ctrl-C)"
         print(

@@ -18,8 +18,9 @@ class TrainOptions(Settings):
     config: str
     """Recipe: a YAML file, or the name of a shipped recipe (`finecap recipes`)."""
     init: str | None = None
-    """Start from this captioner folder (e.g. an MLE model for SCST); its architecture and
-    vocabulary replace the recipe's model section."""
+    """Start from this captioner folder (e.g. an MLE model for SCST), or a Hugging Face
+    ViT-GPT2 / BLIP captioner (hub name or folder); its architecture and vocabulary replace the
+    recipe's model section (model.encoder.freeze / unfreeze_after_epochs still apply)."""
     output_dir: str | None = None
     """Run folder (overrides the recipe's output_dir)."""
     set: Annotated[list[str], tyro.conf.UseAppendAction] = []
@@ -36,6 +37,7 @@ class RecipesOptions(Settings):
 
 
 def run_train(options: TrainOptions) -> int:
+    from finecap.distributed import is_primary_process
     from finecap.train.checkpoints import TrainingInterrupted
     from finecap.train.config import config_to_yaml, load_config
     from finecap.train.run import resolve_model, train
@@ -51,7 +53,8 @@ def run_train(options: TrainOptions) -> int:
     except TrainingInterrupted as stop:
         print(f"finecap train: {stop}", file=sys.stderr)
         return stop.exit_status
-    print(f"model saved to {folder}")
+    if is_primary_process():  # the other processes of a DDP run export nothing
+        print(f"model saved to {folder}")
     return 0
 
 

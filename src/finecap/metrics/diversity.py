@@ -8,6 +8,8 @@ same words the models read and write.
   does not count (only stop words repeat, no bigram repeats); "a dog with a dog" does.
   This is the degeneration Cho et al. report for the CLIP-S-only reward.
 - `Distinct-n`: unique n-grams / total n-grams over all the system's captions (n = 1, 2).
+- `Distinct-Captions`: share of captions that no other image of the split got (word for
+  word): a generic captioner gives many images the same caption.
 - `Vocabulary`: number of distinct words used. `Mean-Length`: mean words per caption.
 - `Novel`: share of captions not found verbatim (same word sequence) among the training
   references of the same dataset.
@@ -48,13 +50,15 @@ def distinct_n(tokenized: Iterable[Sequence[str]], n: int) -> float:
 
 
 def diversity_scores(captions: Sequence[str]) -> dict[str, float]:
-    """Repetition, Distinct-1, Distinct-2, Vocabulary, Mean-Length of one system."""
+    """Repetition, Distinct-1/2, Distinct-Captions, Vocabulary, Mean-Length of one system."""
     tokenized = [simple_tokenize(c) for c in captions]
     n = max(len(captions), 1)
+    counts = Counter(map(tuple, tokenized))
     return {
         "Repetition": sum(map(is_repetitive, tokenized)) / n,
         "Distinct-1": distinct_n(tokenized, 1),
         "Distinct-2": distinct_n(tokenized, 2),
+        "Distinct-Captions": sum(counts[tuple(w)] == 1 for w in tokenized) / n,
         "Vocabulary": float(len({w for words in tokenized for w in words})),
         "Mean-Length": sum(map(len, tokenized)) / n,
     }
@@ -75,11 +79,13 @@ SET_STATISTIC = (
 
 @register_metric(
     "diversity",
-    ("Repetition", "Distinct-1", "Distinct-2", "Vocabulary", "Mean-Length"),
+    ("Repetition", "Distinct-1", "Distinct-2", "Distinct-Captions", "Vocabulary", "Mean-Length"),
     unscaled=("Vocabulary", "Mean-Length"),
     lower_is_better=("Repetition",),
     unranked=("Mean-Length",),
-    not_means=dict.fromkeys(("Distinct-1", "Distinct-2", "Vocabulary"), SET_STATISTIC),
+    not_means=dict.fromkeys(
+        ("Distinct-1", "Distinct-2", "Distinct-Captions", "Vocabulary"), SET_STATISTIC
+    ),
 )
 def _diversity_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
     """Degeneration (repeated content word or bigram) and diversity of the captions."""

@@ -7,7 +7,10 @@ Computed by `finecap.scenes.facts` (definitions there) against each image's grou
 - `Facts-P/<kind>`, `Facts-R/<kind>` for kind in object, color, size, pattern, relation,
   background;
 - `CHAIR-i`: hallucinated object mentions / object mentions; `CHAIR-s`: captions with a
-  hallucinated object / captions (Rohrbach et al. 2018). Lower is better.
+  hallucinated object / captions (Rohrbach et al. 2018). Lower is better;
+- `Salient`: share of captions naming the scene's salient object by its shape and colour
+  (`finecap.scenes.grounding.names_object`); `Shapeless`: share naming no shape at all — the
+  vagueness a shape-blind reward teaches ("a purple object in the grass"). Lower is better.
 
 All are fractions (tables print them x100), micro-averaged over the split. A precision with
 nothing stated (a system that never names a relation) is undefined: it is left out of that
@@ -21,6 +24,8 @@ import numpy as np
 from finecap.metrics.bootstrap import ratio_replicates
 from finecap.metrics.suite import EvalContext, GroupScores, System, register_metric
 from finecap.scenes.facts import FACT_KINDS, FactCounts, score_caption
+from finecap.scenes.grounding import SHAPES, find_words, names_object, simple_tokenize
+from finecap.scenes.world import as_scene, salient_object
 
 UNDEFINED_PRECISION = "undefined where a system's captions state no such fact"
 UNDEFINED_RECALL = "undefined: the scenes hold no such fact"
@@ -86,3 +91,20 @@ def _facts_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupSc
         if ctx.resamples is not None and metric in MICRO_METRICS:
             out.replicates[metric] = ratio_replicates(num[:, j], den[:, j], ctx.resamples)
     return out
+
+
+@register_metric(
+    "salience", ("Salient", "Shapeless"), needs=("scenes",), lower_is_better=("Shapeless",)
+)
+def _salience_group(ctx: EvalContext, system: System, wanted: frozenset) -> GroupScores:
+    """Names the salient object (shape + colour); names no shape at all (vagueness)."""
+    salient, shapeless = [], []
+    for caption, scene in zip(system.captions, ctx.data.scenes, strict=True):
+        obj = as_scene(scene).objects[salient_object(scene)]
+        salient.append(names_object(caption, obj.shape, obj.color))
+        shapeless.append(not find_words(simple_tokenize(caption), SHAPES))
+    per_image = {
+        "Salient": np.array(salient, np.float64),
+        "Shapeless": np.array(shapeless, np.float64),
+    }
+    return GroupScores({m: float(v.mean()) for m, v in per_image.items()}, per_image=per_image)

@@ -19,11 +19,18 @@ import numpy as np
 BETA = 1.2
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token sequences."""
+def word_masks(a: Sequence[str]) -> dict[str, int]:
+    """word -> bit mask of its positions in `a` (the bit-parallel LCS's match vectors)."""
     masks: dict[str, int] = {}
     for i, word in enumerate(a):
         masks[word] = masks.get(word, 0) | (1 << i)
+    return masks
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str], masks: dict[str, int] | None = None) -> int:
+    """Length of the longest common subsequence of two token sequences (`masks`: a's
+    `word_masks`, when they are reused against several b)."""
+    masks = word_masks(a) if masks is None else masks
     full = (1 << len(a)) - 1
     v = full  # bit i set <=> row i not yet matched; carries above len(a) bits are ignored
     for word in b:
@@ -35,10 +42,11 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 def rouge_l_single(candidate: str, references: Sequence[str], beta: float = BETA) -> float:
     """ROUGE-L of one tokenized candidate against its tokenized references."""
     cand = candidate.split(" ")
+    masks = word_masks(cand)  # the LCS is symmetric: the candidate's masks serve every reference
     prec_max = rec_max = 0.0
     for ref in references:
         tokens = ref.split(" ")
-        lcs = lcs_length(tokens, cand)
+        lcs = lcs_length(cand, tokens, masks)
         prec_max = max(prec_max, lcs / len(cand))
         rec_max = max(rec_max, lcs / len(tokens))
     if prec_max == 0 or rec_max == 0:

@@ -71,8 +71,8 @@ class EvalData:
 
 
 class SuiteConfig(Settings):
-    """Models and options of a suite run, copied into `settings` (except batch_size and
-    clip_cache, which do not change any score)."""
+    """Models and options of a suite run, copied into `settings` (except batch_size,
+    clip_cache and features, which do not change any score)."""
 
     clip: PathStr | None = None
     """CLIP for CLIP-S and retrieval: a Hugging Face hub name or folder."""
@@ -98,11 +98,18 @@ class SuiteConfig(Settings):
     """Images or texts encoded together."""
     clip_cache: PathStr | None = None
     """safetensors file caching image embeddings between runs."""
+    features: PathStr | None = None
+    """Feature store holding the CLIP's image embeddings of the split (`finecap features
+    extract --clip CLIP`): CLIP-S and retrieval read them by image id instead of the image
+    files (a store made by another CLIP is refused)."""
     bootstrap: NonNegativeInt = 0
     """Bootstrap resamples of the images (e.g. 1000) for 95 % percentile intervals and paired
     tests between systems (Koehn 2004); 0: none."""
     bootstrap_seed: int = 0
     """Seed of the bootstrap resamples (the same resamples for every system)."""
+
+
+_NOT_SCORES = {"batch_size", "clip_cache", "features"}  # SuiteConfig fields no score depends on
 
 
 @dataclass
@@ -265,7 +272,7 @@ class EvalContext:
 
     def missing(self, need: str) -> bool:
         return {
-            "images": lambda: self.data.image_paths is None,
+            "images": lambda: self.data.image_paths is None and self.config.features is None,
             "clip": lambda: self.config.clip is None,
             "text_encoder": lambda: self.text_encoder is None,
             "bertscore_encoder": lambda: self.bertscore_encoder is None,
@@ -299,6 +306,12 @@ class EvalContext:
 
     @cached_property
     def image_embeddings(self):
+        if self.config.features is not None:  # extracted once (finecap.features)
+            from finecap.features.store import clip_fingerprint, open_store, torch_rows
+
+            store, bundle = open_store(self.config.features), self.embedder.bundle
+            key = store.clip_key(clip_fingerprint(bundle), bundle.name)
+            return torch_rows(store.clip_embeddings(self.data.image_ids, key))  # (N, P)
         emb = self.embedder.embed_image_files(self.data.image_paths)  # (N, P)
         self.embedder.save_cache()
         return emb
@@ -380,7 +393,7 @@ def run_folds(
         "metric_scale": "pycocoevalcap (fractions, CIDEr 1.123); tables print x100 except "
         + ", ".join(sorted(result.unscaled)),
         # Only SuiteConfig's own fields: a subclass (EvaluationConfig) adds its inputs itself.
-        **config.model_dump(include=set(SuiteConfig.model_fields) - {"batch_size", "clip_cache"}),
+        **config.model_dump(include=set(SuiteConfig.model_fields) - _NOT_SCORES),
         "text_encoder": ctx.text_encoder,
         **ctx.settings,
     }

@@ -24,6 +24,12 @@ our tiers apply it (the official tier before calling pycocoevalcap).
 
 Lexer semantics (JFlex): at each position every rule is tried, the longest match wins (trailing
 context ``r1/r2`` counts towards the length, only ``r1`` is the token), ties go to the earlier rule.
+
+Speed (BENCHMARKS.md, "Evaluation end to end on real captions"): a caption of plain words and
+punctuation that is dropped anyway (90 % of Flickr8k's) skips the lexer (`_plain`), and
+`tokenize_captions` lexes a repeated caption once unless its next line could change it
+(`reads_next_line`), so tokenizing references repeated per system or per judged caption costs
+one pass over the distinct ones.
 """
 
 from __future__ import annotations
@@ -102,10 +108,44 @@ def ptb_tokens(caption: str, following: str | None = "") -> list[str]:
     return tokens
 
 
+# A whole caption of plain ASCII words, single spaces and dropped punctuation ("A man, riding
+# a horse ."): the fast paths of `ptb_tokens` lex every piece of it, so it is its words, lower
+# case. The newline after it lets the last word see what `_FAST_RUN` / `_FAST_PUNCT` see.
+_WORD = f"{_NOT_SPLIT}[A-Za-z]+"
+_PLAIN = re.compile(f"(?:{_WORD}[,;:!?]? )*({_WORD})( ?[.!?])?\n")
+_LETTERS = re.compile("[A-Za-z]+")
+
+
+def _plain(caption: str) -> str | None:
+    """`ptb_tokenize` of a plain caption (see `_PLAIN`) followed by a line; None otherwise."""
+    m = _PLAIN.fullmatch(caption + "\n")
+    if m is None or (m.group(2) == "." and _lexer().abbreviation.fullmatch(m.group(1) + ".")):
+        return None  # "st." and "B." are abbreviations: the lexer's rules decide
+    return " ".join(_LETTERS.findall(caption)).lower()
+
+
 def ptb_tokenize(caption: str, following: str | None = "") -> str:
     """One caption exactly as pycocoevalcap's PTBTokenizer returns it (space-joined tokens)."""
+    plain = _plain(caption) if following is not None else None
+    if plain is not None:
+        return plain
     line = " ".join(ptb_tokens(caption, following)).rstrip()
     return " ".join(w for w in line.split(" ") if w not in PUNCTUATIONS)
+
+
+def reads_next_line(caption: str) -> bool:
+    """Whether the next line of the tokenizer's input can change how `caption` is lexed.
+
+    Only four rules look further than one character past a caption's end (the newline):
+    ``ACRONYM_END`` (``"U.S."`` + blanks + a sentence start), ``ABBREV3`` (``"ca."`` + a digit),
+    ``ABBREV1_END`` and ``ABBREV1_CTX`` (``"Jan."`` + the next two characters). Each matches a
+    token of letters ending in a period, followed by nothing but blanks up to the end of the
+    line. So unless the caption, trailing white space stripped, ends with a period right after
+    a non-blank character, it is lexed the same whatever line comes next (every other rule's
+    trailing context is one character: the newline itself). "a dog ." is such a caption.
+    """
+    stripped = caption.rstrip()
+    return len(stripped) >= 2 and stripped[-1] == "." and not stripped[-2].isspace()
 
 
 def tokenize_captions(captions: Mapping[K, Sequence[str]]) -> dict[K, list[str]]:
@@ -113,12 +153,22 @@ def tokenize_captions(captions: Mapping[K, Sequence[str]]) -> dict[K, list[str]]
 
     The captions are lexed in pycocoevalcap's order (one file, one line each, in dict order), so
     the rare rules that look into the next line see the same text as the Java tokenizer does.
+    A caption that occurs again is lexed once (references repeat: an image's references for
+    each of its judged captions, or for each system), unless `reads_next_line` says its next
+    line matters; the last line (no next line) is always lexed on its own.
     """
-    flat = [(key, c) for key, caps in captions.items() for c in caps]
+    flat = [(key, c.replace("\n", " ")) for key, caps in captions.items() for c in caps]
     out: dict[K, list[str]] = {key: [] for key in captions}
+    seen: dict[str, str] = {}  # caption -> its tokens, for captions the next line cannot change
     for i, (key, c) in enumerate(flat):
-        following = flat[i + 1][1].replace("\n", " ") if i + 1 < len(flat) else None
-        out[key].append(ptb_tokenize(c.replace("\n", " "), following))
+        following = flat[i + 1][1] if i + 1 < len(flat) else None
+        if following is None or reads_next_line(c):
+            out[key].append(ptb_tokenize(c, following))
+            continue
+        tokens = seen.get(c)
+        if tokens is None:
+            tokens = seen[c] = ptb_tokenize(c, following)
+        out[key].append(tokens)
     return out
 
 

@@ -5,7 +5,7 @@ Dimension letters used in shape comments throughout finecap:
   D encoder feature size, H / C decoder width, V vocabulary size, h attention heads.
 """
 
-from finecap.models import lstm, transformer  # noqa: F401  (register the decoders)
+from finecap.models import lstm, open_clip_encoder, transformer  # noqa: F401  (register them)
 from finecap.models.captioner_model import CaptionModel, ModelConfig
 from finecap.models.decoder import (
     Decoder,

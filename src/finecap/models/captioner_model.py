@@ -32,7 +32,7 @@ class ModelConfig(Settings):
         SerializeAsAny[EncoderConfig],
         WrapValidator(by_name("encoder", encoder_config_class, "small_cnn")),
     ] = SmallCNNConfig()
-    """Image encoder; `name` picks its settings (small_cnn, resnet50, clip)."""
+    """Image encoder; `name` picks its settings (small_cnn, resnet50, clip, open_clip)."""
     decoder: Annotated[
         SerializeAsAny[DecoderConfig],
         WrapValidator(by_name("decoder", decoder_config_class, "lstm")),

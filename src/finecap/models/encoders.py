@@ -1,11 +1,12 @@
 """Image encoders: pixels (or precomputed features) -> region features + a pooled feature.
 
-Three encoders are registered:
+Three encoders are registered here:
 - `small_cnn`: a small CNN trained from scratch (the scenes world default);
 - `resnet50`: a Hugging Face `ResNetModel` without its classifier, giving the 7x7x2048 grid
   of Show, Attend and Tell / Up-Down style captioners;
-- `clip`: the Hugging Face `CLIPVisionModel`, giving the patch grid as in CLIP-ViL and
-  Cho et al. (2022).
+- `clip`: the Hugging Face `CLIPVisionModel`, giving the patch grid as in CLIP-ViL.
+`open_clip` (`finecap.models.open_clip_encoder`): a CLIP ResNet's grid before its attention
+pool, from open_clip checkpoints (CLIP RN50, as Cho et al. 2022).
 
 Every encoder accepts precomputed backbone features through `encode_features`, and the pixel
 path is `encode_features(backbone(pixels))`, so both give identical outputs.
@@ -21,10 +22,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from finecap.config import PositiveInt, Settings
+from finecap.config import NonNegativeInt, PositiveInt, Settings
 from finecap.hub import from_pretrained
 from finecap.registry import Registry
 
@@ -33,9 +34,21 @@ class EncoderConfig(Settings):
     """Settings every encoder has; each registered encoder extends it with its own."""
 
     name: str = "small_cnn"
-    """Registered encoder name (`list_encoders()`): small_cnn, resnet50 or clip."""
+    """Registered encoder name (`list_encoders()`): small_cnn, resnet50, clip or open_clip."""
     freeze: bool = False
     """Keep the backbone's weights fixed (feature extraction only)."""
+    unfreeze_after_epochs: NonNegativeInt | None = None
+    """With freeze: train the backbone from this epoch on (counted from 0: 2 = after two
+    epochs frozen), at lr x optim.encoder_lr_scale, its batch-norm statistics kept frozen
+    (`finecap.train.finetune`). None: frozen throughout (or trained throughout, without freeze)."""
+
+    @model_validator(mode="after")
+    def _unfreeze_needs_freeze(self) -> EncoderConfig:
+        if self.unfreeze_after_epochs is not None and not self.freeze:
+            raise ValueError(
+                "unfreeze_after_epochs needs freeze: true (the backbone is frozen until then)"
+            )
+        return self
 
 
 class SmallCNNConfig(EncoderConfig):
@@ -97,6 +110,10 @@ class Encoder(nn.Module, ABC):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
+        # Training state, not settings: `set_frozen` changes them when a schedule unfreezes
+        # the backbone (`finecap.train.finetune`).
+        self.frozen = config.freeze
+        self.batchnorm_frozen = False
 
     @abstractmethod
     def preprocess(self, images: list[Image.Image]) -> Tensor:
@@ -112,12 +129,16 @@ class Encoder(nn.Module, ABC):
     def backbone(self, pixels: Tensor) -> Tensor:
         """Pixels (B, 3, S, S) -> backbone features (B, R, D)."""
 
+    def save_backbone_config(self, folder: Path) -> None:
+        """Write what rebuilds a pretrained backbone offline (its config, not its weights) into
+        a saved captioner's folder; nothing for encoders built from their settings alone."""
+
     def encode_features(self, regions: Tensor, mask: Tensor | None = None) -> EncoderOutput:
         """Precomputed backbone features (B, R, D) -> EncoderOutput."""
         return EncoderOutput(regions, mask, masked_mean(regions, mask))
 
     def forward(self, pixels: Tensor) -> EncoderOutput:
-        if self.config.freeze:
+        if self.frozen:
             with torch.no_grad():
                 return self.encode_features(self.backbone(pixels))
         return self.encode_features(self.backbone(pixels))
@@ -127,11 +148,23 @@ class Encoder(nn.Module, ABC):
             module.requires_grad_(False)
             module.eval()
 
+    def set_frozen(self, frozen: bool) -> None:
+        """Freeze the encoder's weights, or train them with its batch-norm statistics kept as
+        they are (a pretrained backbone fine-tuned on small batches: Detectron's practice)."""
+        self.frozen = frozen
+        self.batchnorm_frozen = not frozen
+        self.requires_grad_(not frozen)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> Encoder:
         super().train(mode)
-        if self.config.freeze:  # frozen backbones keep batch-norm statistics and no dropout
+        if self.frozen:  # frozen backbones keep batch-norm statistics and no dropout
             for child in self.children():
                 child.eval()
+        elif self.batchnorm_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
 

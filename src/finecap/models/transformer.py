@@ -1,7 +1,10 @@
 """Transformer decoder (Vaswani et al. 2017) over image regions, with a KV cache.
 
 Pre-layer-norm blocks: causal self-attention, cross-attention to the projected regions, and a
-feed-forward layer. Cho et al. (2022) use 6 layers over CLIP grid features.
+feed-forward layer. With `encoder_layers` > 0, self-attention blocks over the projected regions
+come first (the encoder of Vaswani et al.'s encoder-decoder, without region positions, as the
+captioning transformer Cho et al. (2022) use: 6 + 6 layers over CLIP RN50 grid features); they
+run once per image, in `init_state`.
 
 Incremental decoding keeps, per layer, the self-attention keys/values of the words so far
 and the cross-attention keys/values of the regions (computed once per image), so a step
@@ -18,7 +21,7 @@ import torch
 from pydantic import model_validator
 from torch import Tensor, nn
 
-from finecap.config import PositiveInt
+from finecap.config import NonNegativeInt, PositiveInt
 from finecap.models.decoder import (
     IMAGE_KEY,
     Decoder,
@@ -82,6 +85,9 @@ class TransformerDecoderConfig(DecoderConfig):
     name: Literal["transformer"] = "transformer"
     num_layers: PositiveInt = 2
     """Decoder layers (Cho et al. use 6)."""
+    encoder_layers: NonNegativeInt = 0
+    """Self-attention layers over the regions before the decoder attends to them (Cho et al.'s
+    N_enc: 6); 0: the decoder attends to the projected regions directly."""
     num_heads: PositiveInt = 8
     """Attention heads h; must divide hidden_size."""
     ffn_size: PositiveInt = 1024
@@ -123,6 +129,40 @@ class Block(nn.Module):
         return x, weights
 
 
+class EncoderBlock(nn.Module):
+    """Self-attention among the regions, then a feed-forward layer (pre-layer-norm)."""
+
+    def __init__(self, config: TransformerDecoderConfig) -> None:
+        super().__init__()
+        C = config.hidden_size
+        self.norm1, self.norm2 = nn.LayerNorm(C), nn.LayerNorm(C)
+        self.attn = Attention(C, config.num_heads)
+        self.ffn = nn.Sequential(
+            nn.Linear(C, config.ffn_size), nn.GELU(), nn.Linear(config.ffn_size, C)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """x (B, R, C); bias (B, 1, 1, R): -inf at padded regions, or None."""
+        h = self.norm1(x)
+        x = x + self.dropout(self.attn(h, *self.attn.keys_values(h), bias)[0])
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class RegionEncoder(nn.Module):
+    """`encoder_layers` blocks and a final layer norm: (B, R, C) -> (B, R, C)."""
+
+    def __init__(self, config: TransformerDecoderConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
+        self.norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+
 @register_decoder("transformer", config=TransformerDecoderConfig)
 class TransformerDecoder(Decoder):
     def __init__(self, config: TransformerDecoderConfig, vocab_size: int, feature_dim: int) -> None:
@@ -131,6 +171,8 @@ class TransformerDecoder(Decoder):
         self.embed = nn.Embedding(vocab_size, C)
         self.position = nn.Embedding(config.max_len + 2, C)  # + <bos> and <eos>
         self.memory = nn.Sequential(nn.Linear(feature_dim, C), nn.LayerNorm(C))
+        # None without encoder layers: no parameters, so models saved before it load as they were.
+        self.region_encoder = RegionEncoder(config) if config.encoder_layers else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(C)
         self.out = nn.Linear(C, vocab_size)
@@ -155,6 +197,9 @@ class TransformerDecoder(Decoder):
 
     def init_state(self, enc: EncoderOutput, group: int = 1, cache: bool = True) -> State:
         memory = self.memory(enc.regions)  # (B, R, C)
+        bias = self._cross_bias(enc.mask)
+        if self.region_encoder is not None:
+            memory = self.region_encoder(memory, bias)  # (B, R, C), once per image
         N = memory.shape[0] * group
         state: State = {"length": torch.zeros(N, dtype=torch.long, device=memory.device)}
         for i, block in enumerate(self.blocks):
@@ -169,7 +214,6 @@ class TransformerDecoder(Decoder):
                 state[f"k{i}"], state[f"v{i}"] = empty, empty
         if not cache:
             state["prefix"] = torch.zeros(N, 0, dtype=torch.long, device=memory.device)
-        bias = self._cross_bias(enc.mask)
         if bias is not None:
             state[CROSS_BIAS] = bias
         return state

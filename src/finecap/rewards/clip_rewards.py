@@ -28,6 +28,7 @@ from finecap.rewards.base import (
     Reward,
     RewardBatch,
     RewardConfig,
+    TrainingImages,
     register_reward,
     reward_config_class,
 )
@@ -40,6 +41,7 @@ class ClipScorer:
         self.embedder = embedder
         self.cache_images = cache_images
         self._images: dict = {}  # image id -> (P,)
+        self.store, self._store_key = None, None  # a feature store of this CLIP's embeddings
 
     @classmethod
     def load(cls, clip: str, device: str = "cpu", batch_size: int = 64) -> ClipScorer:
@@ -51,19 +53,43 @@ class ClipScorer:
     def logit_scale(self) -> float:
         return self.embedder.bundle.model.logit_scale.detach().exp().item()
 
+    def read_features(self, folder: str) -> None:
+        """Take image embeddings from a feature store, by image id; refused unless this CLIP
+        (its vision tower and preprocessing) made them (`finecap.features`)."""
+        from finecap.features.store import clip_fingerprint, open_store
+
+        store = open_store(folder)
+        bundle = self.embedder.bundle
+        self._store_key = store.clip_key(clip_fingerprint(bundle), bundle.name)
+        self.store = store
+
     def image_embeddings(self, batch: RewardBatch) -> torch.Tensor:
-        """(B, P) unit image embeddings: given, cached by id, or embedded from batch.images."""
+        """(B, P) unit image embeddings: given, cached by id, read from the feature store by
+        id, or embedded from batch.images."""
         if batch.image_embeddings is not None:
             return batch.image_embeddings.float().cpu()
         ids = batch.image_ids
         if ids is not None and all(i in self._images for i in ids):
             return torch.stack([self._images[i] for i in ids])
+        if self.store is not None and ids is not None:
+            return self._stored(ids)
         if batch.images is None:
             raise ValueError("a CLIP reward needs images, image_embeddings or cached image_ids")
         emb = self.embedder.embed_images(batch.images)  # (B, P)
         if ids is not None and self.cache_images:
             self._images.update(zip(ids, emb, strict=True))
         return emb
+
+    def _stored(self, ids: list) -> torch.Tensor:
+        from finecap.features.store import torch_rows
+
+        return torch_rows(self.store.clip_embeddings(ids, self._store_key))  # (B, P)
+
+    def embed_training_images(self, images: TrainingImages, chunk: int) -> torch.Tensor:
+        """(N, P) embeddings of the training images: from the store, or `chunk` at a time."""
+        if self.store is not None:
+            return self._stored(images.ids)
+        return torch.cat([self.embedder.embed_images(imgs) for _, imgs in images.chunks(chunk)])
 
     def text_embeddings(self, texts: list[str], prefix: str) -> torch.Tensor:
         """(N, P) unit text embeddings through the evaluation suite's `ClipEmbedder`.
@@ -77,13 +103,18 @@ class ClipScorer:
         return emb[torch.argsort(torch.tensor(order, dtype=torch.long))]
 
 
-def as_scorer(clip) -> ClipScorer:
-    """`clip` may be a folder / hub name, a `ClipScorer` or a `ClipEmbedder`."""
+def as_scorer(clip, features: str | None = None) -> ClipScorer:
+    """`clip` may be a folder / hub name, a `ClipScorer` or a `ClipEmbedder`; `features`: a
+    feature store to read its image embeddings from."""
     if isinstance(clip, ClipScorer):
-        return clip
-    if isinstance(clip, str):
-        return ClipScorer.load(clip)
-    return ClipScorer(clip)
+        scorer = clip
+    elif isinstance(clip, str):
+        scorer = ClipScorer.load(clip)
+    else:
+        scorer = ClipScorer(clip)
+    if features is not None:
+        scorer.read_features(features)
+    return scorer
 
 
 class ClipRewardConfig(RewardConfig):
@@ -94,6 +125,10 @@ class ClipRewardConfig(RewardConfig):
     `ClipScorer` / `ClipEmbedder`."""
     prefix: str = ""
     """Text put before every caption before it is embedded."""
+    features: PathStr | None = None
+    """Feature store holding this CLIP's image embeddings (`finecap features extract`): read
+    by image id instead of embedding the batch's images (a store made with another CLIP is
+    refused). In a recipe it defaults to data.features."""
 
     LOADED: ClassVar[tuple[str, ...]] = ("clip",)
     REQUIRED: ClassVar[tuple[str, ...]] = ("clip",)
@@ -131,7 +166,7 @@ class ClipSReward(Reward):
 
     def __init__(self, cfg: ClipSConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip, cfg.features)
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         img = self.scorer.image_embeddings(batch)[batch.image_index()]  # (B*K, P)
@@ -152,7 +187,7 @@ class RefClipSReward(Reward):
 
     def __init__(self, cfg: RefClipSConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip, cfg.features)
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         if batch.references is None:

@@ -35,6 +35,11 @@ truth): the contrast is computed separately for each round k = 0..K-1, over the 
 other samples (near-duplicates that would punish it for being right) and every caption meets
 the same competitors. With no pool and no neighbours this is finecap's earlier reward (the
 `scst_scenes_contrastive_samples` recipe): B must then be at least 2.
+
+Several training processes (DDP, `across_processes`): each process's images, captions, pool
+texts and neighbour images are gathered (`finecap.distributed.gather_objects`; embeddings
+only, no gradient) and contrasted as one batch of every process's images, in rank order, so
+N processes of B images give the rewards one process of N x B images would.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import torch
 from pydantic import Field, field_validator
 
 from finecap.config import NonNegativeInt, PositiveFloat, PositiveInt
+from finecap.distributed import gather_objects, rank, world_size
 from finecap.rewards.base import Reward, RewardBatch, TrainingImages, register_reward
 from finecap.rewards.clip_rewards import ClipRewardConfig, as_scorer
 
@@ -143,6 +149,11 @@ class ContrastiveConfig(ClipRewardConfig):
     the batch images only."""
     index_chunk: PositiveInt = 256
     """Training images loaded and embedded at a time while building the neighbour index."""
+    across_processes: bool = True
+    """With several training processes (DDP), the batches of all of them form the contrast:
+    every process's captions, pool texts and images are gathered (no gradient flows through
+    a reward), so N processes of B images score as one batch of N x B images. False: each
+    process contrasts its own B images only."""
 
     @field_validator("neighbours")
     @classmethod
@@ -157,7 +168,7 @@ class ContrastiveReward(Reward):
 
     def __init__(self, cfg: ContrastiveConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip, cfg.features)
         self.tau = cfg.tau if cfg.tau is not None else self.scorer.logit_scale
         self.index: NeighbourIndex | None = None
 
@@ -166,9 +177,8 @@ class ContrastiveReward(Reward):
         if not self.cfg.neighbours:
             return
         start = time.perf_counter()
-        embedder = self.scorer.embedder
-        chunks = [embedder.embed_images(imgs) for _, imgs in images.chunks(self.cfg.index_chunk)]
-        self.index = NeighbourIndex(images.ids, torch.cat(chunks), self.cfg.neighbours)
+        embeddings = self.scorer.embed_training_images(images, self.cfg.index_chunk)  # (N, P)
+        self.index = NeighbourIndex(images.ids, embeddings, self.cfg.neighbours)
         print(
             f"contrastive reward: {len(images.ids)} training images indexed for "
             f"neighbours {self.cfg.neighbours} in {time.perf_counter() - start:.1f} s",
@@ -193,15 +203,34 @@ class ContrastiveReward(Reward):
             )
         return img, self.index.neighbour_embeddings(ids)
 
-    def __call__(self, batch: RewardBatch) -> torch.Tensor:
-        img, neighbours = self._images(batch)  # (B, P), (B*R, P)
+    def _parts(self, batch: RewardBatch) -> tuple:
+        """Embeddings of the batch: images (B, P), captions (B*K, P), pool texts (B*M, P) or
+        None, neighbour images (B*R, P) or None."""
+        img, neighbours = self._images(batch)
         pool = batch.pool or []
         txt = self.scorer.text_embeddings(batch.captions + pool, self.cfg.prefix)
         n = len(batch.captions)
-        pool_emb = txt[n:] if pool else None  # (B*M, P)
-        return bidirectional_contrastive(
-            img, txt[:n], self.tau, self.cfg.clamp, pool_emb, neighbours
+        return img, txt[:n], txt[n:] if pool else None, neighbours
+
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        parts = self._parts(batch)
+        if self.cfg.across_processes and world_size() > 1:
+            return self._across_processes(parts)
+        return bidirectional_contrastive(*parts[:2], self.tau, self.cfg.clamp, *parts[2:])
+
+    def _across_processes(self, parts: tuple) -> torch.Tensor:
+        """Score the batches of all DDP processes as one (in rank order); this one's rows."""
+        gathered = gather_objects(parts)
+
+        def joined(j: int) -> torch.Tensor | None:
+            pieces = [p[j] for p in gathered if p[j] is not None]
+            return torch.cat(pieces) if pieces else None
+
+        everything = bidirectional_contrastive(
+            joined(0), joined(1), self.tau, self.cfg.clamp, joined(2), joined(3)
         )
+        start = sum(len(p[1]) for p in gathered[: rank()])
+        return everything[start : start + len(parts[1])]  # (B*K,) this process's captions
 
 
 register_reward("contrastive", config=ContrastiveConfig)(ContrastiveReward)

@@ -155,7 +155,7 @@ class DiscriminatorReward(Reward):
 
     def __init__(self, cfg: DiscriminatorConfig, clip: object | None = None) -> None:
         self.cfg = cfg
-        self.scorer = as_scorer(clip if clip is not None else cfg.clip)
+        self.scorer = as_scorer(clip if clip is not None else cfg.clip, cfg.features)
         dim = self.scorer.embedder.bundle.projection_dim
         if cfg.pretrained is None:
             self.discriminator = Discriminator(dim, cfg.hidden, cfg.lr)

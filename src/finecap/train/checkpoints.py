@@ -99,6 +99,8 @@ class LastCheckpoint(L.Callback):
             due = trainer.global_step % self.every_n_steps == 0
         else:
             due = time.monotonic() - self._last_time >= self.every_seconds
+            if trainer.world_size > 1:  # saving is collective: every process follows rank 0
+                due = trainer.strategy.broadcast(due, src=0)
         if due:
             self.save(trainer)
 
@@ -140,8 +142,12 @@ class GracefulStop(L.Callback):
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.received is None:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # all DDP processes stop (and save) at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
             return
+        self.received = self.received or signal.SIGTERM  # another process got the signal
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         self.last.save(trainer)

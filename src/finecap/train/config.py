@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, SerializeAsAny, WrapValidator, model_validator
+from pydantic import Discriminator, Field, SerializeAsAny, Tag, WrapValidator, model_validator
 
 from finecap.config import (
     NonNegativeFloat,
@@ -28,8 +28,10 @@ from finecap.config import (
     load_settings,
     registered_name,
 )
+from finecap.data.augment import AugmentConfig
 from finecap.decoding import DecodingConfig
 from finecap.models import ModelConfig
+from finecap.models.pretrained import PretrainedModelConfig
 from finecap.rewards.base import RewardConfig, reward_config_class
 from finecap.train.settings import TrainerConfig
 
@@ -69,6 +71,21 @@ class DataConfig(Settings):
     bad_images: Literal["stop", "skip"] = "stop"
     """Images of the splits in use that cannot be read (checked before training): stop with
     the list, or leave them out of the run."""
+    features: PathStr | None = None
+    """Feature store (`finecap features extract`) to read the frozen encoder's features from
+    instead of the images (refused unless this run's encoder made it); CLIP reward terms
+    without their own `features` read their image embeddings from it too."""
+    augment: AugmentConfig = AugmentConfig()
+    """Caption-aware augmentation of the training images (`finecap.data.augment`)."""
+
+    @model_validator(mode="after")
+    def _stored_images_are_not_augmented(self) -> DataConfig:
+        if self.features is not None and self.augment.any:
+            raise ValueError(
+                "features: a feature store holds the encoder's features of the images as they "
+                "are, so augmentation (augment) cannot apply; turn one of them off"
+            )
+        return self
 
 
 class OptimConfig(Settings):
@@ -173,6 +190,19 @@ class SCSTConfig(Settings):
         return self
 
 
+def _model_kind(value: Any) -> str:
+    """A pretrained Hugging Face captioner's model section names its `source`; finecap's
+    own encoder-decoder's does not."""
+    given = value.model_dump() if isinstance(value, Settings) else value
+    return "pretrained" if isinstance(given, dict) and "source" in given else "finecap"
+
+
+AnyModelConfig = Annotated[
+    Annotated[ModelConfig, Tag("finecap")] | Annotated[PretrainedModelConfig, Tag("pretrained")],
+    Discriminator(_model_kind),
+]
+
+
 class TrainConfig(Settings):
     output_dir: str = "runs/default"
     """Run folder: checkpoints/, logs/, config.yaml and the exported model/."""
@@ -180,9 +210,10 @@ class TrainConfig(Settings):
     task: registered_name("training task", _task_names) = "mle"
     """Registered training task: mle or scst."""
     data: DataConfig
-    model: ModelConfig | None = None
+    model: AnyModelConfig | None = None
     """The captioner to build; None for SCST, which starts from `--init MODEL` (and an MLE
-    recipe without it builds the default ModelConfig)."""
+    recipe without it builds the default ModelConfig). A pretrained Hugging Face captioner
+    (`--init HUB_OR_DIR`) records a `PretrainedModelConfig` here."""
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
     decoding: DecodingConfig = DecodingConfig()
@@ -192,6 +223,8 @@ class TrainConfig(Settings):
 
     @model_validator(mode="after")
     def _fill_and_cross_check(self) -> TrainConfig:
+        from finecap.rewards.clip_rewards import ClipRewardConfig
+
         if self.task == "scst" and self.scst is None:
             self.scst = SCSTConfig()
         if self.task != "scst" and self.scst is not None:
@@ -201,6 +234,8 @@ class TrainConfig(Settings):
         for term in self.scst.rewards if self.scst else ():
             if term.name == "cider" and term.dataset is None:
                 term.dataset = self.data.dataset  # CIDEr-D over this recipe's training data
+            if isinstance(term, ClipRewardConfig) and term.features is None:
+                term.features = self.data.features  # the batches hold no images then
         if self.model is not None:
             check_lengths(self)
         return self

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from finecap.data.augment import Augmenter
 from finecap.data.formats import (
     CaptionCorpus,
     DatasetFormatError,
@@ -33,11 +34,12 @@ from finecap.train.config import DataConfig
 
 @dataclass
 class CaptionBatch:
-    pixels: Tensor  # (B, 3, S, S)
+    pixels: Tensor | None  # (B, 3, S, S); None when `regions` come from a feature store
     tokens: Tensor  # (B*C, T): <bos> words <eos> <pad>...
     image_ids: list[int]  # (B,)
     references: list[list[str]]  # (B,) raw reference captions of each image
-    images: list[Image.Image]  # (B,) the RGB images (CLIP rewards embed them once, by id)
+    images: list[Image.Image] | None  # (B,) RGB images (CLIP rewards embed them once, by id)
+    regions: Tensor | None = None  # (B, R, D) stored backbone features (data.features)
 
 
 def encode_captions(vocab: Vocab, captions: list[str], max_len: int) -> Tensor:
@@ -53,15 +55,23 @@ class ImageCaptions(Dataset):
     """(image, its captions) per item. Images are decoded when a batch needs them (in the
     DataLoader's workers when there are any) and, with `cache_side`, kept shrunk to that side
     (the encoder's input size): memory grows with the number of images at the model's input
-    size, never at the files' size (a 1024 px photo is 3 MB decoded, 27 KB at 96 px)."""
+    size, never at the files' size (a 1024 px photo is 3 MB decoded, 27 KB at 96 px).
+    `augment` (`finecap.data.augment.Augmenter`) changes each item after the cache, anew
+    every time it is drawn."""
 
     def __init__(
-        self, corpus: CaptionCorpus, records: list[ImageRecord], cache_side: int | None = None
+        self,
+        corpus: CaptionCorpus,
+        records: list[ImageRecord],
+        cache_side: int | None = None,
+        augment: Callable[[Image.Image, ImageRecord], tuple[Image.Image, ImageRecord]]
+        | None = None,
     ) -> None:
         self.corpus = corpus
         self.records = records
         self.cache_side = cache_side
         self.cache: dict[int, Image.Image] = {}
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,7 +86,22 @@ class ImageCaptions(Dataset):
         return image
 
     def __getitem__(self, index: int) -> tuple[Image.Image, ImageRecord]:
+        if self.augment is not None:
+            return self.augment(self.image(index), self.records[index])
         return self.image(index), self.records[index]
+
+
+def sample_captions(records: list[ImageRecord], per_image: int, rng: random.Random) -> list[str]:
+    """Exactly C captions per image, grouped per image: all of an image's captions in a
+    shuffled order when there are enough, otherwise some drawn twice."""
+    captions = []
+    for record in records:
+        refs = [c for c in record.captions if c.strip()] or [""]
+        if len(refs) >= per_image:
+            captions += rng.sample(refs, per_image)
+        else:
+            captions += [rng.choice(refs) for _ in range(per_image)]
+    return captions
 
 
 def make_collate(
@@ -86,15 +111,7 @@ def make_collate(
     rng: random.Random,
 ) -> Callable[[list], CaptionBatch]:
     def collate(items: list[tuple[Image.Image, ImageRecord]]) -> CaptionBatch:
-        captions = []
-        for _, record in items:
-            refs = [c for c in record.captions if c.strip()] or [""]
-            # Exactly C captions per image: all of them in a shuffled order when there are
-            # enough, otherwise some drawn twice.
-            if len(refs) >= config.captions_per_image:
-                captions += rng.sample(refs, config.captions_per_image)
-            else:
-                captions += [rng.choice(refs) for _ in range(config.captions_per_image)]
+        captions = sample_captions([record for _, record in items], config.captions_per_image, rng)
         return CaptionBatch(
             preprocess([image for image, _ in items]),
             encode_captions(vocab, captions, config.max_len),
@@ -129,6 +146,11 @@ class CaptionDataModule(L.LightningDataModule):
             image_root=config.image_root,
             allow_outside_root=config.allow_outside_root,
         )
+        self.store = None  # a feature store (data.features): no image file is read then
+        if config.features is not None:
+            from finecap.features.store import open_store
+
+            self.store = open_store(config.features)
         self.train_records = self._checked(self.corpus.split(config.train_split))
         self.val_records = self._checked(self.corpus.split(config.val_split)[: config.val_images])
         if not self.train_records:
@@ -136,6 +158,11 @@ class CaptionDataModule(L.LightningDataModule):
         self.vocab: Vocab | None = None
 
     def _checked(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        if self.store is not None:
+            from finecap.features.training import check_stored
+
+            check_stored(self.store, records, self.config.dataset)
+            return records
         bad: list[str] = []
         good = []
         for record in tqdm(records, desc="checking images", unit="img", leave=False, disable=None):
@@ -161,8 +188,15 @@ class CaptionDataModule(L.LightningDataModule):
         return Vocab.build(captions, self.config.min_word_count)
 
     def setup(self, stage: str) -> None:
+        if self.store is not None:
+            from finecap.features.training import StoredImages
+
+            self.train_set = StoredImages(self.store, self.corpus, self.train_records)
+            self.val_set = StoredImages(self.store, self.corpus, self.val_records)
+            return
         side = self.cache_side if self.config.cache_images else None
-        self.train_set = ImageCaptions(self.corpus, self.train_records, side)
+        augment = Augmenter(self.config.augment) if self.config.augment.any else None
+        self.train_set = ImageCaptions(self.corpus, self.train_records, side, augment)
         self.val_set = ImageCaptions(self.corpus, self.val_records, side)
 
     def _loader(self, dataset: Dataset, shuffle: bool, rng: random.Random) -> DataLoader:
@@ -171,11 +205,18 @@ class CaptionDataModule(L.LightningDataModule):
             dataset,
             self.config.batch_size,
             shuffle=shuffle,
-            collate_fn=make_collate(self.preprocess, self.vocab, self.config, rng),
+            collate_fn=self._collate(rng),
             num_workers=workers,
             persistent_workers=workers > 0,  # each worker keeps its cache across epochs
             worker_init_fn=_leave_signals_to_the_trainer if workers else None,
         )
+
+    def _collate(self, rng: random.Random) -> Callable[[list], CaptionBatch]:
+        if self.store is not None:
+            from finecap.features.training import make_stored_collate
+
+            return make_stored_collate(self.vocab, self.config, rng)
+        return make_collate(self.preprocess, self.vocab, self.config, rng)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, random.Random(torch.initial_seed()))

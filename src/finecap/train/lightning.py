@@ -48,6 +48,7 @@ RUN_QUIET = [
     *QUIET,
     r"GPU available but not used",
     r"You're resuming from a checkpoint that ended before the epoch ended",
+    r"Found \d+ module\(s\) in eval mode",  # a frozen encoder keeps eval mode on purpose
 ]
 EVERY_LINE = [r""]
 _RANK_ZERO = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -110,6 +111,7 @@ def make_trainer(
         return L.Trainer(
             accelerator=settings.accelerator,
             devices=settings.devices,
+            num_nodes=settings.num_nodes,
             strategy=settings.strategy,
             precision=settings.precision,
             max_epochs=-1 if max_steps else max_epochs,

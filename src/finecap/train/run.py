@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finecap.captioner import Captioner
 from finecap.config import ConfigError
+from finecap.distributed import is_primary_process
 from finecap.io import FolderLock, atomic_write_text
 from finecap.model_card import describe, render_card, training_facts
 from finecap.train.checkpoints import (
@@ -40,6 +42,7 @@ from finecap.train.checkpoints import (
 )
 from finecap.train.config import TrainConfig, config_to_yaml
 from finecap.train.data import CaptionDataModule
+from finecap.train.finetune import EncoderSchedule
 from finecap.train.lightning import (
     EVERY_LINE,
     RUN_QUIET,
@@ -58,7 +61,10 @@ def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainCo
     """The config with the model it will train, and the captioner to start from (or None).
 
     A later stage (SCST) keeps the `--init` model's own architecture and vocabulary, so its
-    model config replaces the recipe's; the lengths are checked against it again.
+    model config replaces the recipe's; the lengths are checked against it again. How to
+    train its encoder (`model.encoder.freeze` / `unfreeze_after_epochs`, where the recipe or
+    --set gives them) still comes from the recipe. `--init` may be a finecap folder or a
+    Hugging Face captioner (hub name or folder: `finecap.models.pretrained`).
     """
     if init is None:
         if config.model is None:
@@ -68,7 +74,14 @@ def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainCo
             )
         return config, None
     initial = Captioner.from_pretrained(init)
-    return config.replace(model=initial.config.to_dict()), initial
+    model = initial.config.to_dict()
+    if config.model is not None:
+        given = config.model.encoder
+        schedule = ("freeze", "unfreeze_after_epochs")
+        model["encoder"].update(
+            {k: getattr(given, k) for k in schedule if k in given.model_fields_set}
+        )
+    return config.replace(model=model), initial
 
 
 def run_identity(config: TrainConfig) -> dict:
@@ -140,20 +153,28 @@ def train(config: TrainConfig, init: str | Path | None = None, force: bool = Fal
     task = create_task(config, vocab, initial.model if initial else None)
     encoder = task.model.encoder
     data.vocab, data.preprocess, data.cache_side = vocab, encoder.preprocess, encoder.input_side
+    if data.store is not None:  # refused unless this run's frozen encoder made the store
+        data.store.check_encoder(encoder, f"this run's encoder ({config.model.encoder.name})")
 
-    with FolderLock(out):  # a second writer stops here, before touching anything
+    # With several processes (DDP) all of them train; only the primary (global rank 0) locks
+    # the folder and writes config.yaml, run.json and the model (Lightning: checkpoints, logs).
+    primary = is_primary_process()
+    with FolderLock(out) if primary else nullcontext():  # a second writer stops here
         try:
-            Captioner.recover(out / "model")  # a swap a kill interrupted, from an earlier run
-            atomic_write_text(out / "config.yaml", config_to_yaml(config))
             record = {"identity": identity, "finished": None}
-            atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
+            if primary:
+                Captioner.recover(out / "model")  # a swap a kill interrupted, earlier
+                atomic_write_text(out / "config.yaml", config_to_yaml(config))
+                atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
             checkpoint = _fit(task, data, config, out)
+            if not primary:
+                return out / "model"
             facts = training_facts(config, data.corpus, len(data.train_records), len(vocab))
             folder = export_selected(task, checkpoint, out / "model", facts)
             record["finished"] = budget(config)
             atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
         except BaseException:
-            if fresh and not any((out / "checkpoints").glob("*.ckpt")):
+            if primary and fresh and not any((out / "checkpoints").glob("*.ckpt")):
                 shutil.rmtree(out, ignore_errors=True)  # nothing trained: leave no empty run
             raise
     return folder
@@ -179,7 +200,10 @@ def _fit(
         config.trainer.checkpoint_every_minutes,
     )
     callbacks = [RunSummary(out), best, last, GracefulStop(last)]
-    batches = math.ceil(len(data.train_records) / config.data.batch_size)
+    callbacks.append(EncoderSchedule(config.model.encoder))  # unfreeze_after_epochs
+    # Each of the DDP processes gets its share of the images (Lightning's DistributedSampler).
+    share = math.ceil(len(data.train_records) / config.trainer.processes)
+    batches = math.ceil(share / config.data.batch_size)
     per_epoch = limited_batches(batches, config.trainer.limit_train_batches)
     trainer = make_trainer(
         config.trainer,

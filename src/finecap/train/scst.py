@@ -138,8 +138,8 @@ class SCSTTask(CaptionTask):
         return [self.vocab.decode(row) for row in decoded.tokens.tolist()]
 
     def training_step(self, batch: CaptionBatch, batch_index: int) -> Tensor:
-        b = batch.pixels.shape[0]
-        enc = self.model.encode(batch.pixels)
+        b = len(batch.image_ids)
+        enc = self.encode(batch)
         policy = self._beam_policy(enc) if self.scst.policy == "beam" else self._samples(enc)
         k = policy.tokens.shape[0] // b
         texts = {

@@ -19,12 +19,20 @@ class LightningConfig(Settings):
     devices: PositiveInt | Literal["auto"] = 1
     """How many devices (GPUs, or CPU processes) to train on; "auto": all there are."""
     strategy: str = "auto"
-    """Lightning strategy, e.g. "ddp" for several GPUs."""
+    """Lightning strategy, e.g. "ddp" for several GPUs (or CPU processes)."""
+    num_nodes: PositiveInt = 1
+    """Machines the run spans (Lightning's num_nodes): `devices` processes on each, started
+    on each machine by Lightning (NODE_RANK, MASTER_ADDR), torchrun or SLURM's srun."""
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"] = (
         "32-true"
     )
     threads: PositiveInt | None = None
     """torch.set_num_threads; None leaves PyTorch's default."""
+
+    @property
+    def processes(self) -> int:
+        """Training processes in all (devices x num_nodes; "auto" devices counted as 1)."""
+        return (self.devices if isinstance(self.devices, int) else 1) * self.num_nodes
 
 
 def _batch_limit(least: int) -> Callable[[Any], Any]:

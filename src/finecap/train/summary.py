@@ -55,6 +55,12 @@ def model_lines(task: L.LightningModule) -> list[str]:
     return lines
 
 
+def _per_process(trainer: L.Trainer, batch_size: int) -> str:
+    """With DDP: batches and the split are per process (each its share of the images)."""
+    n = trainer.world_size
+    return f" on each of {n} processes ({n * batch_size} images a step)" if n > 1 else ""
+
+
 def data_lines(trainer: L.Trainer, data: CaptionDataModule, vocab_size: int) -> list[str]:
     config = trainer.lightning_module.config
     n_train, n_val = len(data.train_records), len(data.val_records)
@@ -78,7 +84,7 @@ def data_lines(trainer: L.Trainer, data: CaptionDataModule, vocab_size: int) -> 
         _row(
             "batches",
             f"{data.config.batch_size} images x {data.config.captions_per_image} "
-            f"captions per image; {validation}",
+            f"captions per image{_per_process(trainer, data.config.batch_size)}; {validation}",
         ),
         _row("vocab", f"{vocab_size:,} words"),
     ]
@@ -93,6 +99,8 @@ def step_lines(trainer: L.Trainer) -> list[str]:
         f"lr {optim.lr:g}, warm-up {optim.warmup_steps}, cosine to {optim.min_lr_ratio:g} x lr"
     )
     device = f"{trainer.strategy.root_device} x {trainer.num_devices}"
+    if trainer.num_nodes > 1:
+        device += f" on each of {trainer.num_nodes} nodes"
     if trainer.strategy.root_device.type == "cpu" and torch.cuda.is_available():
         device += " (a CUDA GPU is unused: --set trainer.accelerator=gpu)"
     lines = [

@@ -17,11 +17,13 @@ from torch import Tensor
 
 from finecap.data.vocab import Vocab
 from finecap.decoding import decode
+from finecap.distributed import gather_objects, world_size
 from finecap.errors import UserError
-from finecap.models import CaptionModel
+from finecap.models import CaptionModel, EncoderOutput
 from finecap.registry import Registry
 from finecap.train.config import TrainConfig
 from finecap.train.data import CaptionBatch
+from finecap.train.finetune import unfreezes_later
 from finecap.train.lightning import warmup_cosine_schedule
 
 _TASKS: Registry[type] = Registry("training task")
@@ -51,8 +53,19 @@ class CaptionTask(L.LightningModule):
         self._val_predictions: dict[int, str] = {}
         self._val_references: dict[int, list[str]] = {}
 
+    def encode(self, batch: CaptionBatch) -> EncoderOutput:
+        """Each image once: from its pixels, or from its stored backbone features (a feature
+        store, `data.features`: what the frozen encoder computes from the pixels)."""
+        if batch.regions is not None:
+            return self.model.encoder.encode_features(batch.regions)
+        return self.model.encode(batch.pixels)
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:  # each DDP process draws its own samples and dropout
+            torch.manual_seed(self.config.seed + self.trainer.global_rank)
+
     def validation_step(self, batch: CaptionBatch, batch_index: int) -> None:
-        enc = self.model.encode(batch.pixels)
+        enc = self.encode(batch)
         decoded = decode(self.model.decoder, enc, self.config.decoding)
         n_best = self.config.decoding.n_best
         for i, image_id in enumerate(batch.image_ids):
@@ -60,14 +73,22 @@ class CaptionTask(L.LightningModule):
             self._val_references[image_id] = batch.references[i]
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_predictions:
-            cider = validation_cider(self._val_references, self._val_predictions)
-            self.log("val/CIDEr", cider, prog_bar=True)
+        # With several processes each validated its share of the split: CIDEr-D (whose
+        # document frequencies span the split) is computed over all of them, on every rank.
+        predictions, references = {}, {}
+        for preds, refs in gather_objects((self._val_predictions, self._val_references)):
+            predictions.update(preds)
+            references.update(refs)
+        if predictions:
+            cider = validation_cider(references, predictions)
+            self.log("val/CIDEr", cider, prog_bar=True, sync_dist=world_size() > 1)
         self._val_predictions, self._val_references = {}, {}
 
     def configure_optimizers(self):  # noqa: ANN201 (Lightning's union of return types)
         optim = self.config.optim
-        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        # An encoder unfrozen later (unfreeze_after_epochs) is in the optimiser from the start.
+        later = unfreezes_later(self.config.model.encoder)
+        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad or later]
         other_params = [
             p
             for n, p in self.model.named_parameters()
@@ -114,7 +135,7 @@ def caption_cross_entropy(logits: Tensor, tokens: Tensor, label_smoothing: float
 @register_task("mle")
 class MLETask(CaptionTask):
     def training_step(self, batch: CaptionBatch, batch_index: int) -> Tensor:
-        enc = self.model.encode(batch.pixels)  # each image once, for all its captions
+        enc = self.encode(batch)  # each image once, for all its captions
         out = self.model.decoder(enc, batch.tokens[:, :-1])
         loss = caption_cross_entropy(
             out.logits, batch.tokens[:, 1:], self.config.optim.label_smoothing
