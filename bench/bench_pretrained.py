@@ -14,10 +14,8 @@ the median of --runs runs after a warm-up run; the ratio is against generate() i
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from PIL import Image
 from finecap.captioner import Captioner
 from finecap.decoding import DecodingConfig, decode
 from finecap.io import atomic_write_text
-from machine_info import machine
+from machine_info import machine, median_seconds
 
 BATCH, NEW_TOKENS = 32, 16
 
@@ -66,14 +64,7 @@ def build(folder: Path) -> Captioner:
     return Captioner.from_pretrained(folder)
 
 
-def timed(fn, runs: int) -> float:  # noqa: ANN001
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+timed = median_seconds
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import httpx
 
 from finecap.io import atomic_write_text
 from finecap.scenes import generate_world
-from machine_info import machine
+from machine_info import machine, median_seconds
 
 CLIENTS = (1, 8, 32, 64)
 MODES = {"on": 32, "off": 1}  # batching -> --max-batch
@@ -162,14 +162,8 @@ def model_ceiling(images: list[bytes], threads: int, runs: int) -> tuple[float, 
     captioner = Captioner.from_pretrained()
     decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in images[:32]]
 
-    def timed(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1000 / len(decoded)
+    def timed(fn) -> float:  # ms per image
+        return median_seconds(fn, runs) * 1000 / len(decoded)
 
     one = timed(lambda: [captioner.caption([image]) for image in decoded])
     batched = timed(lambda: captioner.caption(decoded, batch_size=len(decoded)))

@@ -1,4 +1,5 @@
-"""The machine line every benchmark prints: CPU model, cores, load, torch threads."""
+"""Shared by the benchmarks: the machine line every one prints (CPU model, cores, load, torch
+threads) and a median timer."""
 
 from __future__ import annotations
 
@@ -21,3 +22,17 @@ def machine() -> str:
     except ImportError:
         threads = ""
     return f"{model}, nproc {os.cpu_count()}{load}, Python {platform.python_version()}{threads}"
+
+
+def median_seconds(fn, runs: int) -> float:  # noqa: ANN001
+    """Median wall-clock seconds of `runs` calls of `fn`, after one warm-up call."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

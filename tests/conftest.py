@@ -1,9 +1,12 @@
 """Test-wide settings: tiny models run fastest on one thread, and OpenMP threads that sleep
-instead of spinning keep parallel test processes from starving each other."""
+instead of spinning keep parallel test processes from starving each other; finecap's cache
+(the CIDEr-D reward's scorers) goes to a temporary folder, not the user's home."""
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ["FINECAP_CACHE"] = tempfile.mkdtemp(prefix="finecap-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402  (after the OpenMP setting)

@@ -363,3 +363,20 @@ def test_the_bundled_model_says_what_it_is(capsys) -> None:
     assert "using the bundled default model (MLE, synthetic scenes world only)" in err
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert "Synthetic scenes world only — not for photographs" in card
+
+
+def test_bundled_names_resolve_unless_a_folder_has_that_name(
+    model_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    """`--model mle` is a bundled model by name; a folder `mle` in the working directory wins."""
+    import finecap.captioner as captioner_module
+
+    monkeypatch.setitem(captioner_module.BUNDLED_MODELS, "mle", model_dir)
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    assert main(["caption", str(image), "--model", "mle"]) == 0
+    assert "using the bundled mle model" in capsys.readouterr().err
+    (tmp_path / "mle").mkdir()  # not a captioner folder: it is what --model mle means now
+    assert main(["caption", str(image), "--model", "mle"]) == 2
+    assert "mle: not a finecap captioner folder" in capsys.readouterr().err

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 
 import pytest
@@ -24,6 +23,7 @@ from finecap.pairwise import (
     write_study,
 )
 from finecap.pairwise_tally import fleiss_kappa, format_tally, sign_test, tally
+from helpers.browser import headless_chrome, needs_chromium
 
 
 @pytest.fixture()
@@ -332,47 +332,11 @@ def test_cli_help_and_bad_values(two_systems, capsys, monkeypatch):
     assert "; format 'finecap-pairwise-judgments/1': remake" in capsys.readouterr().err
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-def _browser(tmp_path, downloads):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs pip selenium")
-    browser, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-    ]:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.add_experimental_option(
-        "prefs",
-        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
-    )
-    service = webdriver.ChromeService(executable_path=driver_path)
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.execute_cdp_cmd(
-        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
-    )
-    return driver
-
-
 _WARNS = """const e = new Event('beforeunload', {cancelable: true});
 window.dispatchEvent(e); return e.defaultPrevented;"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian chromium + chromium-driver")
+@needs_chromium
 def test_page_in_headless_chromium(two_systems, tmp_path, capsys):
     from selenium.webdriver.common.by import By
 
@@ -383,7 +347,7 @@ def test_page_in_headless_chromium(two_systems, tmp_path, capsys):
     a_side = {it["item"]: it["a_side"] for it in key["items"]}
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    driver = _browser(tmp_path, downloads)
+    driver = headless_chrome(tmp_path, downloads)
 
     def checked() -> set[str]:
         return {e.get_attribute("id") for e in driver.find_elements(By.CSS_SELECTOR, ":checked")}

@@ -249,3 +249,53 @@ def test_cider_reward_wraps_cider_d_with_train_df() -> None:
     assert got[0] > got[1] and got[2] > got[3]
     with pytest.raises(ValueError, match="exactly one"):
         create_reward("cider")
+
+
+def test_cider_reward_caches_its_scorer_by_dataset(tmp_path, monkeypatch) -> None:
+    """The second reward on the same dataset file loads the saved scorer (no tokenizing) and
+    scores exactly as the first; a changed file or a torn cache builds it again."""
+    import json
+
+    import finecap.rewards.cider as cider_module
+    from finecap.rewards.cider import CiderConfig, CiderReward, scorer_cache_path
+
+    monkeypatch.setenv("FINECAP_CACHE", str(tmp_path / "cache"))
+    images = [
+        {"imgid": i, "filename": f"{i}.png", "split": "train",
+         "sentences": [{"raw": text} for text in texts]}
+        for i, texts in enumerate([
+            ["A red circle on the grass.", "a red circle"],
+            ["A blue square on sand.", "a small blue square"],
+            ["Two green stars in the sky.", "green stars"],
+        ])
+    ]  # fmt: skip
+    dataset = tmp_path / "dataset.json"
+    dataset.write_text(json.dumps({"images": images}))
+    cfg = CiderConfig(dataset=str(dataset))
+    batch = RewardBatch(
+        captions=["a red circle", "blue sand", "green stars", "sky"], image_ids=[0, 2]
+    )
+    first = CiderReward(cfg)(batch)
+    path = scorer_cache_path(cfg)
+    assert path is not None and path.is_file()
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the cached scorer should have been loaded")
+
+    monkeypatch.setattr(cider_module, "load_references", no_tokenizing)
+    assert torch.equal(CiderReward(cfg)(batch), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("FINECAP_CACHE", str(tmp_path / "cache"))
+
+    path.write_bytes(path.read_bytes()[:100])  # torn: rebuilt with a warning, then replaced
+    with pytest.warns(UserWarning, match="rebuilding the cached scorer"):
+        assert torch.equal(CiderReward(cfg)(batch), first)
+    assert CiderReward(cfg)(batch).equal(first)
+    images[0]["sentences"].append({"raw": "a circle"})
+    dataset.write_text(json.dumps({"images": images}))
+    assert scorer_cache_path(cfg) != path
+    assert not CiderReward(cfg)(batch).equal(first)
+    saved = sorted((tmp_path / "cache" / "cider").iterdir())
+    dataset.write_text(json.dumps({"images": images[:2]}))
+    CiderReward(CiderConfig(dataset=str(dataset), cache=False))  # cache off: nothing written
+    assert sorted((tmp_path / "cache" / "cider").iterdir()) == saved

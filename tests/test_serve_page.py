@@ -4,44 +4,15 @@ drawn over the image. Skips without Debian's chromium + chromium-driver (.ci/run
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from finecap.captioner import Captioner
 from finecap.data.images import load_image
 from finecap.serve import BackgroundServer, CaptionService, create_app
+from helpers.browser import headless_chrome, needs_chromium
 from helpers.tiny_captioners import make_talkative, make_tiny_captioner
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "scene_0.png"
-
-
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-def _browser(tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs pip selenium")
-    browser, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,900",
-    ]:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
 
 
 # The overlay's painted pixels: how many are not transparent.
@@ -50,7 +21,7 @@ const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
 let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian chromium + chromium-driver")
+@needs_chromium
 def test_page_shows_each_models_caption_and_a_words_attention(tmp_path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -61,7 +32,7 @@ def test_page_shows_each_models_caption_and_a_words_attention(tmp_path) -> None:
         "tiny": make_talkative(make_tiny_captioner("transformer", seed=1, max_len=6)),
     }
     expected = {name: m.caption(load_image(EXAMPLE)).text for name, m in models.items()}
-    driver = _browser(tmp_path)
+    driver = headless_chrome(tmp_path)
     try:
         with BackgroundServer(create_app(CaptionService(models))) as server:
             driver.get(f"{server.url}/")

@@ -42,7 +42,22 @@ from finecap.model_card import CARD_FILE
 from finecap.models import CaptionModel, ModelConfig
 from finecap.models.pretrained import PretrainedCaptionModel, is_pretrained_source, load_pretrained
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+ASSETS_DIR = Path(__file__).parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "default_model"
+BUNDLED_MODELS = {"default": DEFAULT_MODEL_DIR, "mle": ASSETS_DIR / "mle_model"}
+"""Bundled captioners by name (`finecap caption --model mle`): the distinctive default and the
+MLE model it was trained from. A folder of the same name in the working directory wins."""
+
+
+def bundled_model_dir(name: str | os.PathLike) -> Path | None:
+    """The bundled folder `name` stands for, or None when it names no bundled model (or an
+    existing path of the same name)."""
+    name = str(name)
+    if name in BUNDLED_MODELS and not Path(name).exists():
+        return BUNDLED_MODELS[name]
+    return None
+
+
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 BACKBONE_DIR = "backbone"
 FORMAT = 2  # config.json layout; 1 = before the typed config layer (no "format" key)
@@ -94,10 +109,13 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike | None = None) -> Captioner:
-        """Load a saved captioner; None loads the bundled default scenes model. A Hugging Face
+        """Load a saved captioner; None (or "default") loads the bundled default scenes model,
+        "mle" the bundled MLE model (`BUNDLED_MODELS`). A Hugging Face
         VisionEncoderDecoder or BLIP captioner (a folder, told by its config.json's
         `model_type`, or a hub name) loads through `finecap.models.pretrained`."""
-        if folder is not None and is_pretrained_source(folder):
+        if folder is not None and (bundled := bundled_model_dir(folder)) is not None:
+            folder = bundled
+        elif folder is not None and is_pretrained_source(folder):
             model = load_pretrained(folder)
             return cls(model, model.vocab, model.facts)
         folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR

@@ -31,7 +31,13 @@ from tqdm import tqdm
 from tyro.conf import Positional
 
 from finecap.attention_maps import figure_names, save_attention_figure
-from finecap.captioner import DEFAULT_BEAM_SIZE, DEFAULT_MODEL_DIR, Caption, Captioner
+from finecap.captioner import (
+    DEFAULT_BEAM_SIZE,
+    DEFAULT_MODEL_DIR,
+    Caption,
+    Captioner,
+    bundled_model_dir,
+)
 from finecap.config import NonNegativeInt, PositiveFloat, PositiveInt, Settings
 from finecap.data.formats import (
     CaptionCorpus,
@@ -67,7 +73,8 @@ class CaptionOptions(Settings):
     """Image files or folders (none with --dataset: its --split is captioned)."""
     model: str | None = None
     """Saved captioner folder, or a Hugging Face VisionEncoderDecoder / BLIP captioner (folder
-    or hub name, e.g. nlpconnect/vit-gpt2-image-captioning); default: the bundled scenes model."""
+    or hub name, e.g. nlpconnect/vit-gpt2-image-captioning), or a bundled model by name: `mle`
+    (the MLE model), `default`; default: the bundled distinctive scenes model."""
     beam_size: PositiveInt | None = None
     """Beams per image; 1 = greedy (default: 3, or --n-best if larger; not with --sample)."""
     n_best: PositiveInt = 1
@@ -129,7 +136,15 @@ def _load_captioner(model: str | None) -> Captioner:
         raise ValueError(
             f"no --model given and the bundled default model is not installed ({DEFAULT_MODEL_DIR})"
         )
-    if model is not None and not Path(model).is_dir() and not looks_like_hub_name(model):
+    bundled = bundled_model_dir(model) if model is not None else None
+    if bundled is not None and not bundled.is_dir():
+        raise ValueError(f"the bundled {model!r} model is not installed ({bundled})")
+    if (
+        model is not None
+        and bundled is None
+        and not Path(model).is_dir()
+        and not looks_like_hub_name(model)
+    ):
         raise ValueError(f"model folder {model!r} does not exist")
     try:
         return Captioner.from_pretrained(model)
@@ -148,7 +163,13 @@ def handler(args: CaptionOptions) -> int:
         captioner = _load_captioner(args.model)
     except ValueError as err:
         return _usage_error(str(err))
-    where = args.model if args.model is not None else "the bundled default model"
+    bundled = bundled_model_dir(args.model) if args.model is not None else None
+    if args.model is None:
+        where = "the bundled default model"
+    elif bundled is not None:
+        where = f"the bundled {args.model} model"
+    else:
+        where = args.model
     print(f"{PROG}: using {where} ({describe(captioner.info)})", file=sys.stderr)
     if not items:
         hint = "" if args.paths else " (give image files or folders, or --dataset)"

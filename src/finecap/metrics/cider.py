@@ -16,16 +16,27 @@ The document frequencies come from the reference corpus the scorer is built on, 
   candidate: ``append_eos=True``.
 
 Each image's reference vectors (n-gram weights, norms, lengths) are computed at construction,
-so scoring a batch only touches the candidates.
+so scoring a batch only touches the candidates. `save` / `load` keep a built scorer in a
+safetensors file, as the reference SCST code precomputes its document frequencies once
+(ruotianluo/self-critical.pytorch, `scripts/prepro_ngrams.py`): the CIDEr-D reward caches the
+scorer of its training references there (`finecap.rewards.cider`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save
 
+from finecap.io import atomic_write_bytes
 from finecap.metrics.ngram import MAX_ORDER, ReferenceNgrams, Text
+
+SAVE_FORMAT = "finecap-cider-1"
+_SAVED_ARRAYS = ("codes", "keys", "tf", "num_refs", "idf", "ref_norm", "ref_len")
 
 
 class CiderD:
@@ -71,6 +82,53 @@ class CiderD:
     @property
     def image_ids(self) -> list[Hashable]:
         return self.table.image_ids
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write what `score` needs to one safetensors file (temp file, then rename). Image ids
+        must be JSON values (ints or strings): a `TypeError` otherwise."""
+        t = self.table
+        arrays = {
+            "codes": t.codes, "keys": t.keys, "tf": t.tf, "num_refs": t.num_refs,
+            "idf": self.idf, "ref_norm": self.ref_norm, "ref_len": self.ref_len,
+        }  # fmt: skip
+        metadata = {
+            "format": SAVE_FORMAT,
+            "n": str(self.n),
+            "sigma": repr(self.sigma),
+            "suffix": json.dumps(list(t.suffix)),
+            "words": json.dumps(list(t.words)),
+            "image_ids": json.dumps(t.image_ids),
+        }
+        atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                      metadata=metadata))  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CiderD:
+        """A scorer written by `save`; scores equal the saved scorer's. A file that is not one
+        raises `ValueError` naming it."""
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                metadata = f.metadata() or {}
+                arrays = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        except Exception as err:  # safetensors' own error type for a torn or foreign file
+            raise ValueError(f"{path}: not a saved CIDEr-D scorer ({err})") from None
+        if metadata.get("format") != SAVE_FORMAT or set(arrays) != set(_SAVED_ARRAYS):
+            raise ValueError(f"{path}: not a saved CIDEr-D scorer (format {SAVE_FORMAT})")
+        scorer = cls.__new__(cls)
+        scorer.n, scorer.sigma = int(metadata["n"]), float(metadata["sigma"])
+        image_ids = json.loads(metadata["image_ids"])
+        scorer.table = ReferenceNgrams.for_scoring(
+            image_ids,
+            json.loads(metadata["words"]),
+            tuple(json.loads(metadata["suffix"])),
+            scorer.n,
+            arrays,
+        )
+        scorer.log_num_images = float(np.log(float(max(len(image_ids), 1))))
+        scorer.idf, scorer.ref_norm, scorer.ref_len = (
+            arrays["idf"], arrays["ref_norm"], arrays["ref_len"],
+        )  # fmt: skip
+        return scorer
 
     def score(self, image_ids: Sequence[Hashable], candidates: Sequence[Text]) -> np.ndarray:
         """CIDEr-D of each candidate against its image's references, shape (B,)."""

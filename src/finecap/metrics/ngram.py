@@ -160,6 +160,26 @@ class ReferenceNgrams:
         self.entries = (row, slot, counts)
         self.df = np.bincount(self.key_ngram, minlength=num_ngrams)  # (G,)
 
+    @classmethod
+    def for_scoring(
+        cls,
+        image_ids: list[Hashable],
+        words: list[str],
+        suffix: tuple[str, ...],
+        n: int,
+        arrays: Mapping[str, np.ndarray],
+    ) -> ReferenceNgrams:
+        """A table rebuilt from saved parts (`finecap.metrics.cider.CiderD.load`): what `rows`
+        and `match` read (`codes`, `keys`, `tf`, `num_refs` and the word ids), not the
+        build-time arrays (`df`, `entries`, `key_ngram`, `key_image`, `ref_lengths`)."""
+        table = cls.__new__(cls)
+        table.n, table.suffix, table.image_ids = n, suffix, image_ids
+        table.row = {image_id: i for i, image_id in enumerate(image_ids)}
+        table.words = {w: i for i, w in enumerate(words, start=1)}
+        table.codes, table.keys = arrays["codes"], arrays["keys"]
+        table.tf, table.num_refs = arrays["tf"], arrays["num_refs"]
+        return table
+
     def rows(self, image_ids: Sequence[Hashable]) -> np.ndarray:
         try:
             return np.fromiter((self.row[i] for i in image_ids), np.int64, len(image_ids))

@@ -10,12 +10,19 @@ references of their image id, so `RewardBatch.image_ids` must be training image 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 
+from finecap import __version__
 from finecap.config import PathStr, PositiveFloat
+from finecap.metrics.cider import SAVE_FORMAT
 from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
@@ -29,8 +36,33 @@ class CiderConfig(RewardConfig):
     """Append an end token to candidates and references (the reference SCST code's reward)."""
     sigma: PositiveFloat = 6.0
     """CIDEr-D's length penalty width."""
+    cache: bool = True
+    """Keep the scorer built on `dataset`'s references (document frequencies, reference
+    vectors) in `$FINECAP_CACHE/cider/` (default `~/.cache/finecap`), keyed by the dataset
+    file's SHA-256, split and settings, and load it in later runs, as the reference SCST code
+    precomputes its document frequencies once (`prepro_ngrams.py`)."""
 
     LOADED: ClassVar[tuple[str, ...]] = ("references",)
+
+
+def cache_dir() -> Path:
+    """Where finecap keeps what it can rebuild: `$FINECAP_CACHE`, or `~/.cache/finecap`."""
+    return Path(os.environ.get("FINECAP_CACHE") or Path.home() / ".cache" / "finecap")
+
+
+def scorer_cache_path(cfg: CiderConfig) -> Path | None:
+    """The cache file of `cfg`'s scorer, or None when its references are not one file."""
+    dataset = Path(cfg.dataset) if cfg.dataset is not None else None
+    if dataset is None or not dataset.is_file():
+        return None
+    digest = hashlib.sha256()
+    with dataset.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    key = json.dumps(
+        [SAVE_FORMAT, __version__, digest.hexdigest(), cfg.split, cfg.sigma, cfg.append_eos]
+    )
+    return cache_dir() / "cider" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
 
 
 def load_references(dataset: str, split: str = "train") -> dict[Any, list[str]]:
@@ -51,11 +83,22 @@ class CiderReward(Reward):
 
         if (references is None) == (cfg.dataset is None):
             raise ValueError("cider reward: give exactly one of `references` or `dataset`")
-        refs = references
-        if refs is None:
-            refs = load_references(cfg.dataset, cfg.split)
         self.cfg = cfg
+        cached = scorer_cache_path(cfg) if references is None and cfg.cache else None
+        if cached is not None and cached.is_file():
+            try:
+                self.scorer = CiderD.load(cached)
+                return
+            except ValueError as err:  # torn or foreign: build it again and replace it
+                warnings.warn(f"cider reward: rebuilding the cached scorer: {err}", stacklevel=2)
+        refs = references if references is not None else load_references(cfg.dataset, cfg.split)
         self.scorer = CiderD(tokenize_captions(refs), sigma=cfg.sigma, append_eos=cfg.append_eos)
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                self.scorer.save(cached)
+            except (OSError, TypeError) as err:  # a read-only home, or ids JSON cannot hold
+                warnings.warn(f"cider reward: scorer not cached ({err})", stacklevel=2)
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         from finecap.metrics.tokenizer import ptb_tokenize

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from finecap.captioner import Caption, Captioner
+from finecap.captioner import BUNDLED_MODELS, Caption, Captioner
 from finecap.decoding import DecodingConfig
 from finecap.errors import UserError
 from finecap.metrics.clipscore import CLIP_S_PREFIX, clip_s
@@ -43,9 +43,11 @@ def resolve_model(name: str | None) -> Captioner:
 
 
 def model_names(values: list[str]) -> dict[str, str | None]:
-    """{API name: --model value} for the given values (none: the bundled default)."""
+    """{API name: --model value} for the given values (none: the bundled default, and beside it
+    the bundled MLE model it was trained from, when installed)."""
     if not values:
-        return {DEFAULT_NAME: None}
+        mle = BUNDLED_MODELS["mle"]
+        return {DEFAULT_NAME: None, "mle": "mle"} if mle.is_dir() else {DEFAULT_NAME: None}
     names: dict[str, str | None] = {}
     for value in values:
         name = os.path.normpath(value)  # `runs/a/model/` and `runs/a/model` are one model
