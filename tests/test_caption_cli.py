@@ -360,9 +360,16 @@ def test_the_bundled_model_says_what_it_is(capsys) -> None:
     example = Path(__file__).parents[1] / "examples" / "scene_0.png"
     assert main(["caption", str(example)]) == 0
     err = capsys.readouterr().err
-    assert "using the bundled default model (MLE, synthetic scenes world only)" in err
-    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
-    assert "Synthetic scenes world only — not for photographs" in card
+    assert (
+        "using the bundled default model (SCST 2 × clip_s + 1 × cider, synthetic scenes world"
+        " only)" in err
+    )
+    assert main(["caption", str(example), "--model", "mle"]) == 0
+    err = capsys.readouterr().err
+    assert "using the bundled mle model (MLE, synthetic scenes world only)" in err
+    for folder in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR.parent / "mle_model"):
+        card = (folder / "README.md").read_text()
+        assert "Synthetic scenes world only — not for photographs" in card
 
 
 def test_bundled_names_resolve_unless_a_folder_has_that_name(

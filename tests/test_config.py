@@ -21,16 +21,28 @@ from finecap.train.config import load_config
 ROOT = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 RECIPE = "scenes_transformer"  # a shipped recipe, by name
-README_CAPTIONS = [  # `finecap caption examples/` with the bundled model, as the README shows
-    "there is a red hexagon",
-    "there is a red hexagon",
-    "there is a red hexagon",
-    "there is a red hexagon",
-    "a pink box",
-    "there is a black diamond",
-    "a purple star",
-    "there is a green ball",
-]
+README_CAPTIONS = {  # `finecap caption examples/` [--model mle], as the README shows
+    "default": [
+        "a red hexagon in the sand",
+        "a red hexagon on the sand",
+        "a red hexagon on the grass",
+        "a red hexagon on the grass",
+        "a pink box in the sky",
+        "a black diamond in front of a brick wall",
+        "a purple star on the wood floor",
+        "a green hexagon on the wood floor",
+    ],
+    "mle": [
+        "there is a red hexagon",
+        "there is a red hexagon",
+        "there is a red hexagon",
+        "there is a red hexagon",
+        "a pink box",
+        "there is a black diamond",
+        "a purple star",
+        "there is a green ball",
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +198,15 @@ def test_scst_needs_init_and_a_reward_clip_that_exists(
     assert "data.max_len = 16" in err and "scst.max_len = 16" in err and "max_len = 8" in err
 
 
-def test_bundled_default_captions_the_examples_as_the_readme_shows() -> None:
-    captioner = Captioner.from_pretrained()
+@pytest.mark.parametrize("name", ["default", "mle"])
+def test_bundled_models_caption_the_examples_as_the_readme_shows(name: str) -> None:
+    captioner = Captioner.from_pretrained(name)
     images = [load_image(ROOT / "examples" / f"scene_{i}.png") for i in range(8)]
-    assert [c.text for c in captioner.caption(images, beam_size=3)] == README_CAPTIONS
-    saved = json.loads((ROOT / "src/finecap/assets/default_model/config.json").read_text())
+    assert [c.text for c in captioner.caption(images, beam_size=3)] == README_CAPTIONS[name]
+    folder = "default_model" if name == "default" else "mle_model"
+    saved = json.loads((ROOT / "src/finecap/assets" / folder / "config.json").read_text())
     assert saved["format"] == 2 and "checkpoint" not in saved["finecap"]
+    assert saved["finecap"]["task"] == ("scst" if name == "default" else "mle")
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "transformer"])

@@ -447,3 +447,17 @@ def test_the_command_serves_until_sigterm(tmp_path) -> None:
         *[("/healthz", 200)] * (len(logged) - 1),
         ("/v1/captions", 200),
     ]
+
+
+def test_no_model_flag_serves_the_default_and_the_mle_model_beside_it() -> None:
+    """`finecap serve` alone: the distinctive default first (requests' default), the bundled MLE
+    model as `mle`, both resolving to their bundled folders."""
+    from finecap.captioner import BUNDLED_MODELS
+    from finecap.serve.service import model_names, resolve_model
+
+    names = model_names([])
+    assert names == {"default": None, "mle": "mle"}
+    default, mle = (resolve_model(value) for value in names.values())
+    assert default.info["task"] == "scst" and mle.info["task"] == "mle"
+    assert BUNDLED_MODELS["mle"].name == "mle_model"
+    assert model_names(["runs/a/model/"]) == {"runs/a/model": "runs/a/model/"}
