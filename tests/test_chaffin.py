@@ -42,6 +42,7 @@ CONTRASTIVE_RECIPES = [
     "scst_scenes_contrastive_samples",
     "scst_scenes_contrastive_disc",
     "scst_scenes_contrastive_gt",
+    "scst_scenes_contrastive_greedy",
 ]
 
 
