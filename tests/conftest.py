@@ -2,11 +2,14 @@
 instead of spinning keep parallel test processes from starving each other; finecap's cache
 (the CIDEr-D reward's scorers) goes to a temporary folder, not the user's home."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["FINECAP_CACHE"] = tempfile.mkdtemp(prefix="finecap-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FINECAP_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402  (after the OpenMP setting)
