@@ -51,9 +51,10 @@ def cache_dir() -> Path:
 
 
 def scorer_cache_path(cfg: CiderConfig) -> Path | None:
-    """The cache file of `cfg`'s scorer, or None when its references are not one file."""
+    """The cache file of `cfg`'s scorer, or None when its references are not one JSON file
+    (a Flickr8k token file's splits live in other files, which the key would not cover)."""
     dataset = Path(cfg.dataset) if cfg.dataset is not None else None
-    if dataset is None or not dataset.is_file():
+    if dataset is None or dataset.suffix.lower() != ".json" or not dataset.is_file():
         return None
     digest = hashlib.sha256()
     with dataset.open("rb") as f:
