@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import machine, timed_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny-CLIP builder lives with the test helpers
@@ -84,15 +84,6 @@ def cider_row(data, system) -> str:
     )
 
 
-def _median_seconds(run, times: int) -> tuple[float, list[float], object]:
-    seconds, out = [], None
-    for _ in range(times):
-        started = time.perf_counter()
-        out = run()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), seconds, out
-
-
 def flickr8k_end_to_end(folder: Path, runs: int, out: Path) -> None:
     """The fast tier vs pycocoevalcap, tokenization included, on the Flickr8k-Expert pairs."""
     import numpy as np
@@ -131,9 +122,9 @@ def flickr8k_end_to_end(folder: Path, runs: int, out: Path) -> None:
     started = time.perf_counter()
     fast_scores({0: ["warm up the lexer"]}, {0: "a lexer"})  # builds the lexer tables once
     lexer_s = time.perf_counter() - started
-    base_s, base_all, expected = _median_seconds(pycocoevalcap, max(3, runs // 2))
-    ours_s, ours_all, ours = _median_seconds(lambda: fast_scores(refs, preds), runs)
-    tok_s, _, _ = _median_seconds(
+    base_s, base_all, expected = timed_runs(pycocoevalcap, max(3, runs // 2))
+    ours_s, ours_all, ours = timed_runs(lambda: fast_scores(refs, preds), runs)
+    tok_s, _, _ = timed_runs(
         lambda: (tokenize_captions(refs), tokenize_captions({i: [c] for i, c in preds.items()})),
         runs,
     )

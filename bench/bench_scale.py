@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import machine, timed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 KARPATHY = {"train": 82_783, "restval": 30_504, "val": 5_000, "test": 5_000}  # 123,287
@@ -82,15 +82,6 @@ def _rss_mb() -> tuple[float, float]:
     return fields.get("RssAnon", float("nan")), fields.get("RssFile", float("nan"))
 
 
-def _timed(fn, runs: int) -> tuple[float, list[float], object]:
-    seconds, out = [], None
-    for _ in range(runs):
-        started = time.perf_counter()
-        out = fn()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), seconds, out
-
-
 def _peak_mb() -> float:
     """This process's peak resident memory, MB (VmHWM: unlike ru_maxrss, not inherited from
     the process that started it)."""
@@ -115,7 +106,7 @@ def step_corpus(dataset: str, runs: int) -> dict:
         train = corpus.split("train")
         return corpus, Vocab.build((c for r in train for c in r.captions), 5)
 
-    median, all_runs, (corpus, vocab) = _timed(work, runs)
+    median, all_runs, (corpus, vocab) = timed_runs(work, runs)
     note = f"{len(corpus.images):,} images, {len(vocab):,} words (min count 5)"
     return _result(median, all_runs, before, note)
 
@@ -128,10 +119,10 @@ def step_cider(dataset: str, runs: int) -> dict:
     refs = load_references(dataset, "train")  # 113,287 images (restval merged)
     before = _rss_mb()[0]
     clock = time.process_time()
-    tok_s, _, tokens = _timed(lambda: tokenize_captions(refs), runs)
+    tok_s, _, tokens = timed_runs(lambda: tokenize_captions(refs), runs)
     tok_cpu = (time.process_time() - clock) / runs
     clock = time.process_time()
-    median, all_runs, _ = _timed(lambda: CiderD(tokenize_captions(refs), append_eos=True), runs)
+    median, all_runs, _ = timed_runs(lambda: CiderD(tokenize_captions(refs), append_eos=True), runs)
     cpu = (time.process_time() - clock) / runs
     n = sum(map(len, refs.values()))
     note = (
@@ -150,7 +141,7 @@ def step_cider_cached(dataset: str, runs: int) -> dict:
     cfg = CiderConfig(dataset=dataset)
     CiderReward(cfg)  # the first run: build and save
     before = _rss_mb()[0]
-    median, all_runs, reward = _timed(lambda: CiderReward(cfg), runs)
+    median, all_runs, reward = timed_runs(lambda: CiderReward(cfg), runs)
     size = sum(f.stat().st_size for f in (Path(dataset).parent / "cache").rglob("*.safetensors"))
     note = (
         f"{len(reward.scorer.image_ids):,} images: the scorer a first run saved "
@@ -166,7 +157,7 @@ def step_real_tokens(folder: str, runs: int) -> dict:
     lines = (Path(folder) / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines()
     captions = {i: [line.split("\t", 1)[1]] for i, line in enumerate(lines) if "\t" in line}
     before = _rss_mb()[0]
-    median, all_runs, _ = _timed(lambda: tokenize_captions(captions), runs)
+    median, all_runs, _ = timed_runs(lambda: tokenize_captions(captions), runs)
     per = median / len(captions)
     note = (
         f"{len(captions):,} Flickr8k captions: {1e6 * per:.1f} us a caption "
@@ -187,7 +178,7 @@ def step_eval(dataset: str, runs: int) -> dict:
     # A system's caption: another test image's reference (realistic length and words).
     preds = {r.image_id: rng.choice(test).captions[0] for r in test}
     before = _rss_mb()[0]
-    median, all_runs, result = _timed(lambda: fast_scores(refs, preds), runs)
+    median, all_runs, result = timed_runs(lambda: fast_scores(refs, preds), runs)
     note = f"{len(refs):,} captions x 5 references; CIDEr-D {result.scores['CIDEr']:.3f}"
     return _result(median, all_runs, before, note)
 
@@ -235,7 +226,7 @@ def step_store(folder: str, runs: int, batch: int = 50, reads: int = 200) -> dic
         for _ in range(reads):
             store.regions(rng.choice(ids, batch, replace=False).tolist())  # (50, 49, 2048)
 
-    median, all_runs, _ = _timed(work, runs)
+    median, all_runs, _ = timed_runs(work, runs)
     anon_after, file_backed = _rss_mb()
     per_s = reads * batch / median
     gb = len(ids) * 49 * 2048 * 2 / 1e9
@@ -270,7 +261,7 @@ def step_extract(dataset: str, encoder: str, runs: int, out: str) -> dict:
         extract(ExtractConfig(config=str(recipe), out=str(store), batch_size=32, dtype="float16"),
                 log=lines.append)  # fmt: skip
 
-    median, all_runs, _ = _timed(work, runs)
+    median, all_runs, _ = timed_runs(work, runs)
     n = len(json.loads(Path(dataset).read_text())["images"])
     rates = [float(line.split("(")[1].split()[0]) for line in lines if "images/s" in line]
     rate = statistics.median(rates)

@@ -76,7 +76,7 @@ class Server:
                 if httpx.get(f"{url}/healthz").status_code == 200:
                     return url
             except httpx.TransportError:
-                pass
+                pass  # not listening yet: ask again
             time.sleep(0.1)
         raise RuntimeError("finecap serve never became healthy")
 

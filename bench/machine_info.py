@@ -24,15 +24,20 @@ def machine() -> str:
     return f"{model}, nproc {os.cpu_count()}{load}, Python {platform.python_version()}{threads}"
 
 
-def median_seconds(fn, runs: int) -> float:  # noqa: ANN001
-    """Median wall-clock seconds of `runs` calls of `fn`, after one warm-up call."""
+def timed_runs(fn, runs: int) -> tuple[float, list[float], object]:  # noqa: ANN001
+    """`runs` calls of `fn`: (median wall-clock seconds, every run's seconds, the last result)."""
     import statistics
     import time
 
-    fn()
-    times = []
+    seconds, out = [], None
     for _ in range(runs):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        out = fn()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), seconds, out
+
+
+def median_seconds(fn, runs: int) -> float:  # noqa: ANN001
+    """Median wall-clock seconds of `runs` calls of `fn`, after one warm-up call."""
+    fn()
+    return timed_runs(fn, runs)[0]

@@ -22,7 +22,6 @@ import torch
 
 from finecap import __version__
 from finecap.config import PathStr, PositiveFloat
-from finecap.metrics.cider import SAVE_FORMAT
 from finecap.rewards.base import Reward, RewardBatch, RewardConfig, register_reward
 
 
@@ -56,6 +55,8 @@ def scorer_cache_path(cfg: CiderConfig) -> Path | None:
     dataset = Path(cfg.dataset) if cfg.dataset is not None else None
     if dataset is None or dataset.suffix.lower() != ".json" or not dataset.is_file():
         return None
+    from finecap.metrics.cider import SAVE_FORMAT
+
     digest = hashlib.sha256()
     with dataset.open("rb") as f:
         while chunk := f.read(1 << 22):
