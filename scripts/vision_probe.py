@@ -10,6 +10,9 @@ from the pooled feature, and every patch's shape ("none" for background; the lab
 `--tower vit`: `transformers.CLIPVisionModel` (the scenes CLIP's vision tower); `--mimetic`
 initialises its attention as Trockman & Kolter (2023) do, with 2-D sin-cos positions.
 `--tower cnn`: finecap's `SmallCNN` (the captioner's encoder; 12 x 12 grid, so use --patch 8).
+`--tower resnet`: `transformers.ResNetModel`, basic blocks, widths width/4, width/2, width
+(the ResNet scenes CLIP's tower; 6 x 6 grid at 96 px, so --patch 16).
+`--tower convnext`: `transformers.ConvNextModel`, three stages, stem stride --stem.
 """
 
 from __future__ import annotations
@@ -88,6 +91,33 @@ def build(args, side: int):
 
         net = SmallCNN(SmallCNNConfig(width=args.width, image_size=side))
         return net, lambda x: (lambda f: (f.mean(1), f))(net.backbone(x))
+    if args.tower == "convnext":
+        from transformers import ConvNextConfig, ConvNextModel
+
+        widths = [args.width // 4, args.width // 2, args.width]
+        config = ConvNextConfig(num_stages=3, patch_size=args.stem, hidden_sizes=widths,
+                                depths=args.depths, layer_scale_init_value=args.layer_scale,
+                                drop_path_rate=0.0, image_size=side)  # fmt: skip
+        net = ConvNextModel(config)
+
+        def conv_features(x):
+            out = net(pixel_values=x)
+            return out.pooler_output, out.last_hidden_state.flatten(2).transpose(1, 2)
+
+        return net, conv_features
+    if args.tower == "resnet":
+        from transformers import ResNetConfig, ResNetModel
+
+        widths = [args.width // 4, args.width // 2, args.width]
+        config = ResNetConfig(embedding_size=32, hidden_sizes=widths, depths=args.depths,
+                              layer_type="basic", downsample_in_first_stage=False)  # fmt: skip
+        net = ResNetModel(config)
+
+        def res_features(x):
+            out = net(pixel_values=x)
+            return out.pooler_output.flatten(1), out.last_hidden_state.flatten(2).transpose(1, 2)
+
+        return net, res_features
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config = CLIPVisionConfig(hidden_size=args.width, intermediate_size=4 * args.width,
@@ -107,7 +137,10 @@ def build(args, side: int):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path)
-    parser.add_argument("--tower", choices=("vit", "cnn"), default="vit")
+    parser.add_argument("--tower", choices=("vit", "cnn", "convnext", "resnet"), default="vit")
+    parser.add_argument("--stem", type=int, default=2, help="convnext stem stride")
+    parser.add_argument("--depths", type=int, nargs=3, default=[2, 2, 4], help="convnext")
+    parser.add_argument("--layer-scale", type=float, default=1e-6, help="convnext")
     parser.add_argument("--patch", type=int, default=12, help="ViT patch side (cnn: 8)")
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)

@@ -173,3 +173,66 @@ def test_cli_flags_reach_the_configs() -> None:
     assert train.trainer.threads == 2
     _, options, _ = parse(["clip", "train", "--dataset", "d.json", "--out", "o", "--init", "m"])
     assert options.train.learning_rate(fine_tuning=True) == 1e-5  # no --lr: the fine-tuning one
+
+
+TINY_CONV = ScenesClipConfig(
+    tower="resnet", image_size=48, hidden=32, layers=1, heads=2, conv_stem_width=8,
+    conv_widths=[8, 16], conv_depths=[1, 1],
+)  # fmt: skip
+
+
+def test_resnet_tower_trains_with_dense_supervision_and_loads(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "conv"
+    cfg = ClipTrainConfig(epochs=1, batch_size=16, dense_weight=1.0, hard_negative_prob=0.5)
+    result = train_clip(world, out, TINY_CONV, cfg)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "finecap_conv_clip"
+    assert config["vision_config"]["model_type"] == "resnet"
+    assert config["vision_config"]["hidden_sizes"] == [8, 16]
+    bundle = load_clip(out)  # the same loader as a CLIPModel
+    assert type(bundle.model).__name__ == "ConvClipModel"
+    assert bundle.projection_dim == TINY_CONV.projection_dim
+    assert bundle.max_text_length == TINY_CONV.max_text_length
+    embedder = ClipEmbedder(bundle)
+    from PIL import Image
+
+    emb = embedder.embed_images([Image.new("RGB", (48, 48), "red")])
+    assert emb.shape == (1, 128)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
+    probed = probe_clip(str(out), world)
+    assert result["probe"]["kinds"] == probed["kinds"]
+
+
+def test_resnet_grid_and_patch_tokens() -> None:
+    from finecap.clip.train import patch_tokens, vision_grid
+
+    model = build_scenes_clip(TINY_CONV, train_bpe_tokenizer(TEXTS, 800, 16))
+    grid = vision_grid(model.config.vision_config)  # 48 / (4 * 2) = 6
+    pooled = model.vision_model(pixel_values=torch.randn(2, 3, 48, 48)).pooler_output
+    assert pooled.shape == (2, 16)  # flattened, as the dual encoder's projection needs
+    hidden = model.vision_model(pixel_values=torch.randn(2, 3, 48, 48)).last_hidden_state
+    assert grid == 6 and hidden.shape == (2, 16, 6, 6)
+    tokens = patch_tokens(hidden)  # (B, N, H), row-major like the dense labels
+    assert tokens.shape == (2, 36, 16)
+    torch.testing.assert_close(tokens[:, 1 * 6 + 4], hidden[:, :, 1, 4])
+    vit = build_scenes_clip(TINY, train_bpe_tokenizer(TEXTS, 800, 16))
+    assert vision_grid(vit.config.vision_config) == 48 // 12
+
+
+def test_resnet_arch_checks_strides() -> None:
+    with pytest.raises(ValueError, match=r"total stride \(16:.*image_size \(40\)"):
+        ScenesClipConfig(tower="resnet", image_size=40, conv_widths=[8, 16, 32],
+                         conv_depths=[1, 1, 1])  # fmt: skip
+    with pytest.raises(ValueError, match=r"conv_depths"):
+        ScenesClipConfig(tower="resnet", conv_widths=[8, 16], conv_depths=[1])
+
+
+def test_load_clip_refuses_a_model_that_is_not_a_dual_encoder(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    from finecap.clip.embed import ClipUnavailableError
+
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=8, vocab_size=20)).save_pretrained(tmp_path)  # fmt: skip
+    with pytest.raises(ClipUnavailableError, match="BertModel, not a CLIP-style"):
+        load_clip(tmp_path)

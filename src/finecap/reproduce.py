@@ -114,8 +114,9 @@ class ReproduceSettings(Settings):
 
 # The MLE captioner is the default model's recipe (scenes_transformer: a transformer decoder,
 # as in Cho et al.), 12 epochs on this run's 5,000-image world. The CLIP is the best recipe of
-# the README's probe table: NegCLIP hard negatives for every description, 30 % short texts and
-# dense scene supervision, 10 epochs of 64 images. The grammar head trains 3 epochs (6 by
+# the README's probe table: a ResNet image tower (`finecap.clip.conv_clip`), NegCLIP hard
+# negatives for every description, 30 % short texts and dense scene supervision, 10 epochs of
+# 64 images. The grammar head trains 3 epochs (6 by
 # default): CLIP -> grammar head -> CLIP-S+Grammar is the run's longest chain.
 SCENES_CLIP = ClipTrainConfig(
     epochs=10,
@@ -125,7 +126,9 @@ SCENES_CLIP = ClipTrainConfig(
     hard_negative_kinds=["shape", "pattern", "relation", "binding", "size"],
     dense_weight=1.0,
 )
+SCENES_CLIP_ARCH = ScenesClipConfig(tower="resnet")
 FULL = ReproduceSettings(
+    clip_arch=SCENES_CLIP_ARCH,
     clip=SCENES_CLIP,
     grammar=GrammarTrainConfig(epochs=3),
     mle={"optim": {"max_epochs": 12}},
@@ -133,7 +136,7 @@ FULL = ReproduceSettings(
 )
 QUICK = ReproduceSettings(
     world=WorldConfig(n=300, seed=0),
-    clip_arch=ScenesClipConfig(hidden=64, layers=2),
+    clip_arch=ScenesClipConfig(tower="resnet", hidden=64, layers=2, conv_widths=[32, 64, 128]),
     clip=ClipTrainConfig(epochs=3),
     grammar=GrammarTrainConfig(epochs=1),
     discriminator=DiscriminatorTrainConfig(epochs=2),

@@ -26,19 +26,39 @@ NegativeKind = Literal["repeat", "remove", "insert", "swap", "shuffle"]
 NEGATIVE_KINDS: tuple[str, ...] = get_args(NegativeKind)
 
 
-class ScenesClipConfig(Settings):
-    """Architecture of a CLIP trained from scratch (Hugging Face `CLIPConfig` fields)."""
+VisionTower = Literal["vit", "resnet"]
 
+
+class ScenesClipConfig(Settings):
+    """Architecture of a CLIP trained from scratch (Hugging Face config fields).
+
+    `tower: vit` is a `CLIPModel` (a ViT image tower). `tower: resnet` is a
+    `finecap.clip.conv_clip.ConvClipModel`: Hugging Face's generic dual encoder with a ResNet
+    image tower (basic blocks, batch norm) and the same CLIP text tower, projections and
+    temperature. A ViT trained from scratch on a few thousand scenes does not learn their
+    shapes in a CPU budget (no locality built in; README, "What the scenes CLIP sees"); the
+    ResNet does. Both load with `finecap.clip.embed.load_clip`.
+    """
+
+    tower: VisionTower = "vit"
+    """Image tower: "vit" (CLIPModel) or "resnet" (ConvClipModel)."""
     image_size: int = Field(96, ge=16)
-    """ViT input side in pixels."""
+    """Image tower input side in pixels."""
     patch_size: PositiveInt = 12
-    """ViT patch side in pixels (96 / 12 = 8 x 8 patches + [CLS])."""
+    """ViT patch side in pixels (96 / 12 = 8 x 8 patches + [CLS]); vit only."""
+    conv_stem_width: PositiveInt = 32
+    """ResNet stem channels (a stride-2 7x7 conv and a stride-2 max pool: stride 4)."""
+    conv_widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1)
+    """ResNet channels per stage (each stage after the first halves the grid); the last is
+    the image tower's width. 96 px and three stages: a 6 x 6 grid of 16-px cells."""
+    conv_depths: list[PositiveInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
+    """ResNet basic blocks per stage (as many as conv_widths)."""
     hidden: PositiveInt = 192
-    """Width of both towers (their MLPs are 4x wider)."""
+    """Width of the text tower, and of the ViT (their MLPs are 4x wider)."""
     layers: PositiveInt = 4
-    """Depth of both towers."""
+    """Depth of the text tower and of the ViT."""
     heads: PositiveInt = 4
-    """Attention heads of both towers; must divide hidden."""
+    """Attention heads of the text tower and of the ViT; must divide hidden."""
     projection_dim: PositiveInt = 128
     """Width of the shared image-text embedding space."""
     max_text_length: PositiveInt = 77
@@ -48,7 +68,19 @@ class ScenesClipConfig(Settings):
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> ScenesClipConfig:
-        if self.image_size % self.patch_size:
+        if self.tower == "resnet":
+            stride = 4 * 2 ** (len(self.conv_widths) - 1)
+            if len(self.conv_depths) != len(self.conv_widths):
+                raise ValueError(
+                    f"conv_depths ({self.conv_depths}) needs one entry per stage of "
+                    f"conv_widths ({self.conv_widths})"
+                )
+            if self.image_size % stride:
+                raise ValueError(
+                    f"the ResNet's total stride ({stride}: 4, then 2 per later stage) "
+                    f"must divide image_size ({self.image_size})"
+                )
+        elif self.image_size % self.patch_size:
             raise ValueError(
                 f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
             )

@@ -8,7 +8,7 @@ already identify the image. The world knows what is under every patch, so traini
 it: each patch token of the vision tower predicts the shape, colour, pattern and size of the
 object whose box holds the patch's centre ("none" for background), a linear head per
 attribute, cross-entropy, added to the contrastive loss with `ClipTrainConfig.dense_weight`.
-The heads exist only in training; the saved model is a plain Hugging Face `CLIPModel`.
+The heads exist only in training; the saved model is a plain Hugging Face dual encoder.
 
 Dimension letters: B images, N patches (grid x grid), H vision width, A attributes (4).
 """

@@ -33,7 +33,7 @@ class ClipUnavailableError(UserError, RuntimeError):
 class ClipBundle:
     """A CLIP model with the tokenizer and image processor saved beside it."""
 
-    model: Any  # transformers.CLIPModel, in eval mode
+    model: Any  # a CLIPModel or another dual encoder with its parts, in eval mode
     tokenizer: Any
     image_processor: Any
     name: str  # hub name or folder, as given by the user
@@ -48,6 +48,15 @@ class ClipBundle:
         """Token budget of the text tower; longer captions are truncated (keeping EOS)."""
         positions = int(self.model.config.text_config.max_position_embeddings)
         return min(positions, int(getattr(self.tokenizer, "model_max_length", positions)))
+
+
+DUAL_ENCODER_PARTS = (
+    "vision_model",
+    "visual_projection",
+    "text_model",
+    "text_projection",
+    "logit_scale",
+)
 
 
 def _looks_like_folder(name: str) -> bool:
@@ -75,11 +84,18 @@ def load_clip(
 ) -> ClipBundle:
     """Load a CLIP in Hugging Face format from a hub name or a `save_pretrained` folder.
 
+    Any Hugging Face image-text dual encoder with CLIP's parts (`vision_model` +
+    `visual_projection`, `text_model` + `text_projection`, `logit_scale`) loads: a
+    `CLIPModel` (openai/clip-vit-base-patch32, the ViT scenes CLIP), a
+    `VisionTextDualEncoderModel`, or finecap's `ConvClipModel` (the ResNet scenes CLIP).
+
     Hub names are looked up in the local cache first; the network is tried only when that
     fails and `HF_HUB_OFFLINE` is not set (`local_files_only=True` never tries it).
     Raises `ClipUnavailableError` with one sentence when the weights are not there.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    import finecap.clip.conv_clip  # noqa: F401 (registers ConvClipModel with AutoModel)
 
     name = str(name_or_path)
     if _looks_like_folder(name):
@@ -87,7 +103,7 @@ def load_clip(
         if not (folder / "config.json").is_file():
             raise ClipUnavailableError(
                 f'CLIP folder "{name}" does not exist or holds no config.json: pass a folder '
-                "written by CLIPModel.save_pretrained (with its tokenizer and image processor)"
+                "written by save_pretrained (with its tokenizer and image processor)"
             )
         attempts = [True]
     else:
@@ -98,7 +114,8 @@ def load_clip(
     last_error: Exception | None = None
     for local_only in attempts:
         try:
-            model = CLIPModel.from_pretrained(name, local_files_only=local_only)
+            model = AutoModel.from_pretrained(name, local_files_only=local_only)
+            _check_dual_encoder(model, name)
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
             processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_only)
             break
@@ -113,6 +130,14 @@ def load_clip(
         raise ClipUnavailableError(_offline_sentence(name)) from last_error
     model.eval().to(device)
     return ClipBundle(model, tokenizer, processor, name, _fingerprint(name))
+
+
+def _check_dual_encoder(model: Any, name: str) -> None:
+    if not all(hasattr(model, part) for part in DUAL_ENCODER_PARTS):
+        raise ClipUnavailableError(
+            f'"{name}" is a {type(model).__name__}, not a CLIP-style image-text dual encoder '
+            "(a CLIPModel, VisionTextDualEncoderModel or finecap ConvClipModel)"
+        )
 
 
 def _as_embeds(output: Any) -> torch.Tensor:

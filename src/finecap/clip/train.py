@@ -6,7 +6,8 @@ temperature. On the scenes world we train one from scratch (a ViT sized for 96-p
 a 4-layer text transformer) on the world's detailed descriptions and reference captions; on a
 real dataset `init` fine-tunes a pretrained Hugging Face CLIP instead.
 
-The result is an ordinary `CLIPModel` + `CLIPTokenizer` + `CLIPImageProcessor` folder, so the
+The result is an ordinary `CLIPModel` (or, with a ResNet image tower, a
+`finecap.clip.conv_clip.ConvClipModel`) + `CLIPTokenizer` + `CLIPImageProcessor` folder, so the
 evaluation suite, the rewards and the grammar head load it through `finecap.clip.embed.load_clip`
 exactly like `openai/clip-vit-base-patch32`. The tokenizer (`finecap.clip.tokenizer`) is a
 byte-level BPE in CLIP's own format learned on the dataset's text; the examples, their hard
@@ -31,7 +32,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTokenizer,
+    PreTrainedModel,
+)
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig
 from finecap.clip.data import ImageTextPairs, RecordPixels, descriptions_of, shift
@@ -64,8 +72,9 @@ __all__ = [
 # --------------------------------------------------------------------------- model
 
 
-def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> CLIPModel:
-    """A randomly initialised CLIPModel whose text config agrees with `tokenizer`.
+def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> PreTrainedModel:
+    """A randomly initialised CLIP whose text config agrees with `tokenizer`: a `CLIPModel`
+    (tower "vit") or a `ConvClipModel` with a ResNet image tower ("resnet").
 
     `eos_token_id` must be the tokenizer's EOS id: Hugging Face CLIP pools the text at the
     first EOS position (any id but the legacy value 2).
@@ -82,6 +91,8 @@ def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> CLIPMo
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    if cfg.tower == "resnet":
+        return build_resnet_clip(cfg, CLIPTextConfig(**text))
     vision = dict(
         hidden_size=cfg.hidden,
         intermediate_size=4 * cfg.hidden,
@@ -92,6 +103,46 @@ def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> CLIPMo
     )
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
     return CLIPModel(config)
+
+
+def build_resnet_clip(cfg: ScenesClipConfig, text: CLIPTextConfig) -> PreTrainedModel:
+    """CLIP's text tower beside a ResNet image tower (`finecap.clip.conv_clip`).
+
+    `hidden_size` is what the dual encoder reads as the image tower's width (a ResNet's own
+    config has only per-stage widths).
+    """
+    from transformers import ResNetConfig
+
+    from finecap.clip.conv_clip import ConvClipConfig, ConvClipModel
+
+    vision = ResNetConfig(
+        embedding_size=cfg.conv_stem_width,
+        hidden_sizes=list(cfg.conv_widths),
+        depths=list(cfg.conv_depths),
+        layer_type="basic",
+        downsample_in_first_stage=False,
+        image_size=cfg.image_size,
+        hidden_size=cfg.conv_widths[-1],
+    )
+    config = ConvClipConfig.from_vision_text_configs(
+        vision, text, projection_dim=cfg.projection_dim
+    )
+    return ConvClipModel(config)
+
+
+def vision_grid(vision_config) -> int:  # noqa: ANN001 (a Hugging Face vision config)
+    """Side of the image tower's token grid: ViT patches, or a ResNet's last stage."""
+    if vision_config.model_type == "resnet":  # stride 4 stem, then 2 per later stage
+        return vision_config.image_size // (4 * 2 ** (len(vision_config.hidden_sizes) - 1))
+    return vision_config.image_size // vision_config.patch_size
+
+
+def patch_tokens(hidden: torch.Tensor) -> torch.Tensor:
+    """(B, N, H) grid tokens of an image tower's last hidden state, row-major: a ViT's
+    (B, 1 + N, H) without [CLS], or a ResNet's (B, H, g, g) map flattened."""
+    if hidden.ndim == 4:
+        return hidden.flatten(2).transpose(1, 2)
+    return hidden[:, 1:]
 
 
 def build_image_processor(image_size: int):
@@ -106,7 +157,7 @@ def build_image_processor(image_size: int):
 
 
 def pooled_texts(
-    model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str], buckets: int = 4
+    model: PreTrainedModel, tokenizer: CLIPTokenizer, texts: list[str], buckets: int = 4
 ) -> torch.Tensor:
     """Text tower pooled outputs (N, text_hidden), at the EOS position, in input order.
 
@@ -125,7 +176,9 @@ def pooled_texts(
     return pooled[torch.argsort(torch.tensor(order, device=device))]
 
 
-def encode_texts(model: CLIPModel, tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+def encode_texts(
+    model: PreTrainedModel, tokenizer: CLIPTokenizer, texts: list[str]
+) -> torch.Tensor:
     """Projected, L2-normalised text features (N, P); gradients flow when enabled."""
     pooled = pooled_texts(model, tokenizer, texts)  # (N, text_hidden)
     return F.normalize(model.text_projection(pooled), dim=-1)
@@ -161,7 +214,7 @@ class ClipTask(L.LightningModule):
     """CLIP contrastive training: model + loss + the AdamW/cosine schedule."""
 
     def __init__(
-        self, model: CLIPModel, tokenizer: CLIPTokenizer, cfg: ClipTrainConfig, lr: float
+        self, model: PreTrainedModel, tokenizer: CLIPTokenizer, cfg: ClipTrainConfig, lr: float
     ) -> None:
         super().__init__()
         self.model, self.tokenizer, self.cfg, self.lr = model, tokenizer, cfg, lr
@@ -183,7 +236,7 @@ class ClipTask(L.LightningModule):
         txt, neg = both[: len(texts)], both[len(texts) :]
         loss = clip_loss(img, txt, self.model.logit_scale, neg)
         if self.dense is not None:
-            patches = vision.last_hidden_state[:, 1:]  # (B, N, H): [CLS] dropped
+            patches = patch_tokens(vision.last_hidden_state)  # (B, N, H)
             dense = self.dense.loss(patches, labels)
             self.log("dense", dense, prog_bar=True, on_epoch=True, batch_size=len(pixels))
             loss = loss + self.cfg.dense_weight * dense
@@ -216,7 +269,10 @@ def fraction_schedule(task: L.LightningModule, opt: torch.optim.Optimizer) -> di
 
 @torch.no_grad()
 def retrieval_eval(
-    model: CLIPModel, tokenizer: CLIPTokenizer, pixels: RecordPixels, records: list[ImageRecord]
+    model: PreTrainedModel,
+    tokenizer: CLIPTokenizer,
+    pixels: RecordPixels,
+    records: list[ImageRecord],
 ) -> dict[str, dict[str, float]]:
     """Text-to-image retrieval on held-out images with the first description vs first reference.
 
@@ -303,8 +359,7 @@ def train_clip(
     eval_pixels = RecordPixels(corpus, eval_records, processor)
     prep_s = time.perf_counter() - started
 
-    vision = model.config.vision_config
-    grid = vision.image_size // vision.patch_size if cfg.dense_weight > 0 else None
+    grid = vision_grid(model.config.vision_config) if cfg.dense_weight > 0 else None
     data = ImageTextPairs(train_pixels, train_records, cfg, grid)
     loader, trainer = loader_and_trainer(data, cfg)
     started, cpu_started = time.perf_counter(), time.process_time()
