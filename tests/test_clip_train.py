@@ -215,6 +215,10 @@ def test_resnet_grid_and_patch_tokens() -> None:
     tokens = patch_tokens(hidden)  # (B, N, H), row-major like the dense labels
     assert tokens.shape == (2, 36, 16)
     torch.testing.assert_close(tokens[:, 1 * 6 + 4], hidden[:, :, 1, 4])
+    maxed = build_scenes_clip(TINY_CONV.model_copy(update={"conv_pool": "max"}),
+                              train_bpe_tokenizer(TEXTS, 800, 16)).eval()  # fmt: skip
+    out = maxed.vision_model(pixel_values=torch.randn(2, 3, 48, 48))
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state.amax(dim=(2, 3)))
     vit = build_scenes_clip(TINY, train_bpe_tokenizer(TEXTS, 800, 16))
     assert vision_grid(vit.config.vision_config) == 48 // 12
 

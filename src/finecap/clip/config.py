@@ -53,6 +53,8 @@ class ScenesClipConfig(Settings):
     the image tower's width. 96 px and three stages: a 6 x 6 grid of 16-px cells."""
     conv_depths: list[PositiveInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
     """ResNet basic blocks per stage (as many as conv_widths)."""
+    conv_pool: Literal["avg", "max"] = "avg"
+    """How the ResNet's last grid becomes the image vector: average (ResNet's own) or max."""
     hidden: PositiveInt = 192
     """Width of the text tower, and of the ViT (their MLPs are 4x wider)."""
     layers: PositiveInt = 4

@@ -27,21 +27,33 @@ from transformers import (
 MODEL_TYPE = "finecap_conv_clip"
 
 
+POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
+
+
 class ConvClipConfig(VisionTextDualEncoderConfig):
     """`VisionTextDualEncoderConfig` under finecap's model type; vision_config is a
-    `ResNetConfig` with `hidden_size` (its last stage's width) added."""
+    `ResNetConfig` with `hidden_size` (its last stage's width) added. `pool`: how the last
+    stage's grid becomes one vector, "avg" (ResNet's own) or "max" (a small object's
+    features are not averaged away by the background's)."""
 
     model_type = MODEL_TYPE
 
+    def __init__(self, pool: str = "avg", **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {sorted(POOLS)}, not {pool!r}")
+        self.pool = pool
+
 
 class ConvClipModel(VisionTextDualEncoderModel):
-    """`VisionTextDualEncoderModel` whose ResNet image tower pools to (B, C)."""
+    """`VisionTextDualEncoderModel` whose ResNet image tower pools to (B, C) (`config.pool`)."""
 
     config_class = ConvClipConfig
 
     def __init__(self, config: ConvClipConfig, vision_model=None, text_model=None) -> None:  # noqa: ANN001
         super().__init__(config, vision_model, text_model)
-        self.vision_model.pooler = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        pool = POOLS[config.pool](1)
+        self.vision_model.pooler = nn.Sequential(pool, nn.Flatten(1))  # (B, C, g, g) -> (B, C)
 
 
 AutoConfig.register(MODEL_TYPE, ConvClipConfig, exist_ok=True)

@@ -125,7 +125,7 @@ def build_resnet_clip(cfg: ScenesClipConfig, text: CLIPTextConfig) -> PreTrained
         hidden_size=cfg.conv_widths[-1],
     )
     config = ConvClipConfig.from_vision_text_configs(
-        vision, text, projection_dim=cfg.projection_dim
+        vision, text, projection_dim=cfg.projection_dim, pool=cfg.conv_pool
     )
     return ConvClipModel(config)
 
