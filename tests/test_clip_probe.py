@@ -224,7 +224,7 @@ def test_patch_labels_name_the_object_under_each_patch() -> None:
 def test_dense_supervision_trains_and_is_not_saved(world: Path, tmp_path: Path) -> None:
     from finecap.clip.train import ScenesClipConfig, train_clip
 
-    arch = ScenesClipConfig(image_size=48, patch_size=12, hidden=32, layers=1, heads=2)
+    arch = ScenesClipConfig(tower="vit", image_size=48, patch_size=12, hidden=32, layers=1, heads=2)
     cfg = ClipTrainConfig(epochs=1, batch_size=8, dense_weight=1.0, flip_prob=0.5, max_shift=2)
     train_clip(world, tmp_path / "clip", arch, cfg)
     names = load_clip(tmp_path / "clip").model.state_dict().keys()

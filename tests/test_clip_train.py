@@ -33,7 +33,7 @@ TEXTS = [
     "the red circle is left of the blue square.",
     "an image of a circle",
 ] * 20
-TINY = ScenesClipConfig(image_size=48, hidden=32, layers=1, heads=2)
+TINY = ScenesClipConfig(tower="vit", image_size=48, hidden=32, layers=1, heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_cli_train(world: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
     args = ["clip", "train", "--dataset", str(world), "--out", str(out), "--epochs", "1",
             "--batch-size", "16", "--hidden", "32", "--layers", "1", "--patch-size", "16",
-            "--image-size", "48"]  # fmt: skip
+            "--tower", "vit", "--image-size", "48"]  # fmt: skip
     assert cli_main(args) == 0
     assert "R@1" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())

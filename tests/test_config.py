@@ -23,14 +23,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RECIPE = "scenes_transformer"  # a shipped recipe, by name
 README_CAPTIONS = {  # `finecap caption examples/` [--model mle], as the README shows
     "default": [
-        "a red hexagon in the sand",
+        "a red hexagon on the sand",
         "a red hexagon on the sand",
         "a red hexagon on the grass",
         "a red hexagon on the grass",
-        "a pink box in the sky",
-        "a black diamond in front of a brick wall",
+        "a pink square in the sky",
+        "a black diamond on a brick wall",
         "a purple star on the wood floor",
-        "a green hexagon on the wood floor",
+        "a green ball on the wood floor",
     ],
     "mle": [
         "there is a red hexagon",

@@ -230,7 +230,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def scenes_clip(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clip") / "clip"
-    arch = ScenesClipConfig(image_size=48, hidden=32, layers=1)
+    arch = ScenesClipConfig(tower="vit", image_size=48, hidden=32, layers=1)
     train_clip(world, out, arch, ClipTrainConfig(epochs=1, batch_size=16))
     return out
 

@@ -40,8 +40,8 @@ class ScenesClipConfig(Settings):
     ResNet does. Both load with `finecap.clip.embed.load_clip`.
     """
 
-    tower: VisionTower = "vit"
-    """Image tower: "vit" (CLIPModel) or "resnet" (ConvClipModel)."""
+    tower: VisionTower = "resnet"
+    """Image tower: "resnet" (ConvClipModel; the scenes CLIP) or "vit" (CLIPModel)."""
     image_size: int = Field(96, ge=16)
     """Image tower input side in pixels."""
     patch_size: PositiveInt = 12
