@@ -29,6 +29,11 @@ NEGATIVE_KINDS: tuple[str, ...] = get_args(NegativeKind)
 VisionTower = Literal["vit", "resnet"]
 
 
+def resnet_stride(stages: int) -> int:
+    """Total stride of the scenes CLIP's ResNet: a stride-4 stem, then 2 per later stage."""
+    return 4 * 2 ** (stages - 1)
+
+
 class ScenesClipConfig(Settings):
     """Architecture of a CLIP trained from scratch (Hugging Face config fields).
 
@@ -71,7 +76,7 @@ class ScenesClipConfig(Settings):
     @model_validator(mode="after")
     def _shapes_fit(self) -> ScenesClipConfig:
         if self.tower == "resnet":
-            stride = 4 * 2 ** (len(self.conv_widths) - 1)
+            stride = resnet_stride(len(self.conv_widths))
             if len(self.conv_depths) != len(self.conv_widths):
                 raise ValueError(
                     f"conv_depths ({self.conv_depths}) needs one entry per stage of "

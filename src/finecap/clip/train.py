@@ -2,9 +2,10 @@
 
 CLIP (Radford et al. 2021): an image tower and a text tower, each followed by a linear
 projection into a shared space, trained with the symmetric InfoNCE loss at a learned
-temperature. On the scenes world we train one from scratch (a ViT sized for 96-px images and
-a 4-layer text transformer) on the world's detailed descriptions and reference captions; on a
-real dataset `init` fine-tunes a pretrained Hugging Face CLIP instead.
+temperature. On the scenes world we train one from scratch (a small ResNet image tower, or a
+ViT, sized for 96-px images, and a 4-layer text transformer) on the world's detailed
+descriptions and reference captions; on a real dataset `init` fine-tunes a pretrained Hugging
+Face CLIP instead.
 
 The result is an ordinary `CLIPModel` (or, with a ResNet image tower, a
 `finecap.clip.conv_clip.ConvClipModel`) + `CLIPTokenizer` + `CLIPImageProcessor` folder, so the
@@ -41,7 +42,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig
+from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig, resnet_stride
 from finecap.clip.data import ImageTextPairs, RecordPixels, descriptions_of, shift
 from finecap.clip.dense import DenseHeads
 from finecap.clip.tokenizer import learn_bpe_merges, save_tokenizer, train_bpe_tokenizer
@@ -132,8 +133,8 @@ def build_resnet_clip(cfg: ScenesClipConfig, text: CLIPTextConfig) -> PreTrained
 
 def vision_grid(vision_config) -> int:  # noqa: ANN001 (a Hugging Face vision config)
     """Side of the image tower's token grid: ViT patches, or a ResNet's last stage."""
-    if vision_config.model_type == "resnet":  # stride 4 stem, then 2 per later stage
-        return vision_config.image_size // (4 * 2 ** (len(vision_config.hidden_sizes) - 1))
+    if vision_config.model_type == "resnet":
+        return vision_config.image_size // resnet_stride(len(vision_config.hidden_sizes))
     return vision_config.image_size // vision_config.patch_size
 
 
