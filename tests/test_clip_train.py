@@ -223,6 +223,36 @@ def test_resnet_grid_and_patch_tokens() -> None:
     assert vision_grid(vit.config.vision_config) == 48 // 12
 
 
+def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    from finecap.clip.conv_clip import AttentionPool
+
+    arch = TINY_CONV.model_copy(update={"conv_pool": "attention", "conv_pool_heads": 4})
+    model = build_scenes_clip(arch, train_bpe_tokenizer(TEXTS, 800, 16)).eval()
+    pool = model.vision_model.pooler
+    assert isinstance(pool, AttentionPool) and pool.attention.num_heads == 4
+    grid = torch.randn(2, 16, 6, 6)
+    pooled = pool(grid)
+    assert pooled.shape == (2, 16)
+    # The same cells elsewhere: an average cannot tell, the attention pool can.
+    moved = grid.flatten(2)[:, :, torch.randperm(36)].view_as(grid)
+    torch.testing.assert_close(moved.mean((2, 3)), grid.mean((2, 3)))
+    assert (pool(moved) - pooled).abs().max() > 1e-3
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()  # load_clip's loader
+    assert isinstance(loaded.vision_model.pooler, AttentionPool)
+    pixels = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(
+        loaded.vision_model(pixel_values=pixels).pooler_output,
+        model.vision_model(pixel_values=pixels).pooler_output,
+    )
+    with pytest.raises(ValueError, match=r"conv_pool_heads \(3\) must divide.*\(16\)"):
+        ScenesClipConfig(
+            **{**TINY_CONV.model_dump(), "conv_pool": "attention", "conv_pool_heads": 3}
+        )
+
+
 def test_resnet_arch_checks_strides() -> None:
     with pytest.raises(ValueError, match=r"total stride \(16:.*image_size \(40\)"):
         ScenesClipConfig(tower="resnet", image_size=40, conv_widths=[8, 16, 32],

@@ -58,8 +58,11 @@ class ScenesClipConfig(Settings):
     the image tower's width. 96 px and three stages: a 6 x 6 grid of 16-px cells."""
     conv_depths: list[PositiveInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
     """ResNet basic blocks per stage (as many as conv_widths)."""
-    conv_pool: Literal["avg", "max"] = "avg"
-    """How the ResNet's last grid becomes the image vector: average (ResNet's own) or max."""
+    conv_pool: Literal["avg", "max", "attention"] = "avg"
+    """How the ResNet's last grid becomes the image vector: average (ResNet's own), max, or
+    CLIP's attention pooling (position-aware; `finecap.clip.conv_clip.AttentionPool`)."""
+    conv_pool_heads: PositiveInt = 8
+    """Attention heads of conv_pool "attention"; must divide the last of conv_widths."""
     hidden: PositiveInt = 192
     """Width of the text tower, and of the ViT (their MLPs are 4x wider)."""
     layers: PositiveInt = 4
@@ -81,6 +84,11 @@ class ScenesClipConfig(Settings):
                 raise ValueError(
                     f"conv_depths ({self.conv_depths}) needs one entry per stage of "
                     f"conv_widths ({self.conv_widths})"
+                )
+            if self.conv_pool == "attention" and self.conv_widths[-1] % self.conv_pool_heads:
+                raise ValueError(
+                    f"conv_pool_heads ({self.conv_pool_heads}) must divide the last of "
+                    f"conv_widths ({self.conv_widths[-1]})"
                 )
             if self.image_size % stride:
                 raise ValueError(

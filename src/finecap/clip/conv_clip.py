@@ -16,6 +16,7 @@ a ConvNeXt 22 % and the ViT of `CLIPModel` 22 % after 600 (`scripts/vision_probe
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -24,25 +25,59 @@ from transformers import (
     VisionTextDualEncoderModel,
 )
 
+from finecap.clip.config import resnet_stride
+
 MODEL_TYPE = "finecap_conv_clip"
 
 
-POOLS = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
+class AttentionPool(nn.Module):
+    """CLIP's attention pooling of a ResNet grid (Radford et al. 2021, their modified ResNet):
+    the grid's mean, as a query, attends over the mean and every cell, each with a learned
+    position embedding; (B, C, g, g) -> (B, C).
+
+    Unlike an average, it keeps where things are (a relation: which object is left) and can
+    attend to the objects rather than the background around them.
+    """
+
+    def __init__(self, width: int, grid: int, heads: int) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(grid * grid + 1, width) / width**0.5)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        cells = grid.flatten(2).transpose(1, 2)  # (B, g*g, C), row-major
+        tokens = torch.cat([cells.mean(1, keepdim=True), cells], dim=1) + self.position
+        pooled, _ = self.attention(tokens[:, :1], tokens, tokens, need_weights=False)
+        return pooled[:, 0]  # (B, C)
+
+
+POOLS = ("avg", "max", "attention")
+
+
+def make_pool(config: ConvClipConfig) -> nn.Module:
+    """The module that turns the ResNet's last grid into the image vector (`config.pool`)."""
+    if config.pool == "attention":
+        vision = config.vision_config
+        grid = vision.image_size // resnet_stride(len(vision.hidden_sizes))
+        return AttentionPool(vision.hidden_size, grid, config.pool_heads)
+    pool = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}[config.pool](1)
+    return nn.Sequential(pool, nn.Flatten(1))
 
 
 class ConvClipConfig(VisionTextDualEncoderConfig):
     """`VisionTextDualEncoderConfig` under finecap's model type; vision_config is a
     `ResNetConfig` with `hidden_size` (its last stage's width) added. `pool`: how the last
-    stage's grid becomes one vector, "avg" (ResNet's own) or "max" (a small object's
-    features are not averaged away by the background's)."""
+    stage's grid becomes one vector, "avg" (ResNet's own), "max" (a small object's
+    features are not averaged away by the background's) or "attention" (CLIP's attention
+    pooling, `pool_heads` heads)."""
 
     model_type = MODEL_TYPE
 
-    def __init__(self, pool: str = "avg", **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, pool: str = "avg", pool_heads: int = 8, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
         if pool not in POOLS:
-            raise ValueError(f"pool must be one of {sorted(POOLS)}, not {pool!r}")
-        self.pool = pool
+            raise ValueError(f"pool must be one of {list(POOLS)}, not {pool!r}")
+        self.pool, self.pool_heads = pool, pool_heads
 
 
 class ConvClipModel(VisionTextDualEncoderModel):
@@ -52,8 +87,7 @@ class ConvClipModel(VisionTextDualEncoderModel):
 
     def __init__(self, config: ConvClipConfig, vision_model=None, text_model=None) -> None:  # noqa: ANN001
         super().__init__(config, vision_model, text_model)
-        pool = POOLS[config.pool](1)
-        self.vision_model.pooler = nn.Sequential(pool, nn.Flatten(1))  # (B, C, g, g) -> (B, C)
+        self.vision_model.pooler = make_pool(config)  # (B, C, g, g) -> (B, C)
 
 
 AutoConfig.register(MODEL_TYPE, ConvClipConfig, exist_ok=True)

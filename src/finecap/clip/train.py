@@ -126,7 +126,11 @@ def build_resnet_clip(cfg: ScenesClipConfig, text: CLIPTextConfig) -> PreTrained
         hidden_size=cfg.conv_widths[-1],
     )
     config = ConvClipConfig.from_vision_text_configs(
-        vision, text, projection_dim=cfg.projection_dim, pool=cfg.conv_pool
+        vision,
+        text,
+        projection_dim=cfg.projection_dim,
+        pool=cfg.conv_pool,
+        pool_heads=cfg.conv_pool_heads,
     )
     return ConvClipModel(config)
 
