@@ -11,7 +11,8 @@ from the pooled feature, and every patch's shape ("none" for background; the lab
 initialises its attention as Trockman & Kolter (2023) do, with 2-D sin-cos positions.
 `--tower cnn`: finecap's `SmallCNN` (the captioner's encoder; 12 x 12 grid, so use --patch 8).
 `--tower resnet`: `transformers.ResNetModel`, basic blocks, widths width/4, width/2, width
-(the ResNet scenes CLIP's tower; 6 x 6 grid at 96 px, so --patch 16).
+(the ResNet scenes CLIP's tower; 6 x 6 grid at 96 px, so --patch 16; `--no-stem-pool` drops the
+stem's max pool: a 12 x 12 grid, --patch 8).
 `--tower convnext`: `transformers.ConvNextModel`, three stages, stem stride --stem.
 """
 
@@ -112,6 +113,8 @@ def build(args, side: int):
         config = ResNetConfig(embedding_size=32, hidden_sizes=widths, depths=args.depths,
                               layer_type="basic", downsample_in_first_stage=False)  # fmt: skip
         net = ResNetModel(config)
+        if args.no_stem_pool:  # stride 2 instead of 4: a 12 x 12 grid at 96 px (--patch 8)
+            net.embedder.pooler = nn.Identity()
 
         def res_features(x):
             out = net(pixel_values=x)
@@ -145,6 +148,7 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--mimetic", action="store_true")
+    parser.add_argument("--no-stem-pool", action="store_true", help="resnet: no stem max pool")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -11,9 +11,9 @@ import torch
 
 from finecap.cli import main as cli_main
 from finecap.clip import ClipEmbedder, load_clip
-from finecap.clip.dense import IGNORE, patch_labels
+from finecap.clip.dense import BAG_PAIRS, BAG_SIZE, IGNORE, bag_labels, patch_labels
 from finecap.clip.probe import ProbeInputError, ProbePair, csv_pairs, probe, scene_pairs
-from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss, shift
+from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss, pair_loss, shift
 from finecap.data.formats import load_corpus
 from finecap.scenes import Scene, SceneObject, compute_relations, generate_world
 from finecap.scenes.changes import CHANGE_KINDS, change_scene, changed_texts
@@ -199,6 +199,32 @@ def test_mirrored_images_get_mirrored_texts(world: Path) -> None:
     image, text, _, _ = data[0]
     assert torch.equal(image, pixels[0].flip(-1))
     assert text in describe_scene(mirror_scene(records[0].extra["scene"]))
+
+
+def test_bag_labels_hold_each_objects_bound_pairs() -> None:
+    bag = bag_labels(two_object_scene())
+    assert bag.shape == (BAG_SIZE,) and bag.sum() == 2 * len(BAG_PAIRS)  # 2 objects x 3 pairs
+    # Decode every set entry back into (shape, attribute value).
+    named, start = set(), 0
+    for _, vocab in BAG_PAIRS:
+        block = bag[start : start + len(SHAPES) * len(vocab)].view(len(SHAPES), len(vocab))
+        named |= {(SHAPES[s], vocab[v]) for s, v in block.nonzero().tolist()}
+        start += block.numel()
+    expected = {("circle", "red"), ("circle", "striped"), ("circle", "large")}
+    expected |= {("star", "blue"), ("star", "plain"), ("star", "small")}
+    assert named == expected  # bound: no ("circle", "blue")
+    assert (bag_labels(None) == IGNORE).all()
+
+
+def test_pair_loss_is_the_two_way_choice_of_true_text_over_its_negative() -> None:
+    img = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    other = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    scale = torch.tensor(2.0)  # exp(2) = 7.39
+    right, wrong = pair_loss(img, img, other, scale), pair_loss(img, other, img, scale)
+    assert right < torch.log(torch.tensor(2.0)) < wrong
+    logits = scale.exp() * torch.stack([(img * img).sum(-1), (img * other).sum(-1)], 1)
+    assert torch.isclose(right, -logits.log_softmax(1)[:, 0].mean())
+    assert torch.isclose(pair_loss(img, other, other, scale), torch.log(torch.tensor(2.0)))
 
 
 def test_shift_moves_the_image_and_repeats_the_edges() -> None:

@@ -253,6 +253,42 @@ def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) ->
         )
 
 
+def test_gated_pool_averages_the_cells_its_gate_opens_and_round_trips(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    from finecap.clip.conv_clip import GatedPool
+    from finecap.clip.dense import objectness_loss
+
+    arch = TINY_CONV.model_copy(update={"conv_pool": "gated"})
+    model = build_scenes_clip(arch, train_bpe_tokenizer(TEXTS, 800, 16)).eval()
+    pool = model.vision_model.pooler
+    assert isinstance(pool, GatedPool)
+    # A gate that opens on channel 0 only: the pooled vector is the mean of the open cells.
+    with torch.no_grad():
+        pool.gate.weight.zero_()
+        pool.gate.weight[0, 0] = 100.0
+        pool.gate.bias.fill_(-50.0)
+    grid = torch.zeros(1, 16, 6, 6)
+    grid[0, 0, 1, 2] = grid[0, 0, 4, 4] = 1.0  # two "object" cells
+    grid[0, 3, 1, 2], grid[0, 3, 4, 4] = 2.0, 4.0
+    grid[0, 5] = 7.0  # a background channel everywhere
+    pooled = pool(grid)[0]
+    assert pooled[3].item() == pytest.approx(3.0, abs=1e-3)  # (2 + 4) / 2, not 6 / 36
+    assert pooled[5].item() == pytest.approx(7.0, abs=1e-3)
+    labels = torch.zeros(1, 36, 4, dtype=torch.long)
+    labels[0, [1 * 6 + 2, 4 * 6 + 4], 0] = 3  # objects under exactly those cells
+    assert objectness_loss(pool.gate_logits(grid), labels) < 1e-6
+    assert objectness_loss(pool.gate_logits(-grid), labels) > 1.0
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()  # load_clip's loader
+    assert isinstance(loaded.vision_model.pooler, GatedPool)
+    pixels = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(
+        loaded.vision_model(pixel_values=pixels).pooler_output,
+        model.vision_model(pixel_values=pixels).pooler_output,
+    )
+
+
 def test_resnet_arch_checks_strides() -> None:
     with pytest.raises(ValueError, match=r"total stride \(16:.*image_size \(40\)"):
         ScenesClipConfig(tower="resnet", image_size=40, conv_widths=[8, 16, 32],

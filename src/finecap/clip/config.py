@@ -58,9 +58,10 @@ class ScenesClipConfig(Settings):
     the image tower's width. 96 px and three stages: a 6 x 6 grid of 16-px cells."""
     conv_depths: list[PositiveInt] = Field(default_factory=lambda: [1, 1, 1], min_length=1)
     """ResNet basic blocks per stage (as many as conv_widths)."""
-    conv_pool: Literal["avg", "max", "attention"] = "avg"
-    """How the ResNet's last grid becomes the image vector: average (ResNet's own), max, or
-    CLIP's attention pooling (position-aware; `finecap.clip.conv_clip.AttentionPool`)."""
+    conv_pool: Literal["avg", "max", "attention", "gated"] = "avg"
+    """How the ResNet's last grid becomes the image vector: average (ResNet's own), max,
+    CLIP's attention pooling (position-aware; `finecap.clip.conv_clip.AttentionPool`), or an
+    average weighted by a learned objectness gate (`finecap.clip.conv_clip.GatedPool`)."""
     conv_pool_heads: PositiveInt = 8
     """Attention heads of conv_pool "attention"; must divide the last of conv_widths."""
     hidden: PositiveInt = 192
@@ -134,6 +135,14 @@ class ClipTrainConfig(Settings):
     """Weight of the dense scene supervision (`finecap.clip.dense`): every patch token
     predicts the shape, colour, pattern and size of the object under it (scenes datasets
     only; the heads are not saved)."""
+    bag_weight: NonNegativeFloat = 0.0
+    """Weight of the bag-of-objects supervision (`finecap.clip.dense.BagHead`): the pooled
+    image vector predicts every (shape, colour), (shape, pattern), (shape, size) pair the scene
+    holds (scenes datasets only; the head is not saved)."""
+    pair_weight: NonNegativeFloat = 0.0
+    """Weight of a pairwise term for each hard negative: cross-entropy of the image choosing
+    its true text over the same text with one fact changed (the probe's own question), beside
+    the batch-wide InfoNCE where the negative is one of B + M texts."""
     flip_prob: Probability = 0.0
     """Chance per image and epoch to train on its mirror image, with texts to match (left and
     right swapped; the description rewritten from the mirrored scene). Scenes datasets only."""

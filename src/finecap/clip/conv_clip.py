@@ -51,7 +51,32 @@ class AttentionPool(nn.Module):
         return pooled[:, 0]  # (B, C)
 
 
-POOLS = ("avg", "max", "attention")
+class GatedPool(nn.Module):
+    """An average of the grid weighted by a learned objectness gate: sigmoid(1x1 conv) per
+    cell; (B, C, g, g) -> (B, C).
+
+    Why: in a plain average a 16-px object fills 1 of the 36 cells and the background the rest,
+    so the image vector is mostly background; weighting cells by "an object is here" keeps
+    every object in proportion to its area. With dense supervision the gate is also taught
+    where the objects are (`gate_logits`, `finecap.clip.dense.objectness_loss`). Measured on the
+    scenes world (README, "What the scenes CLIP sees"): a few points of the shape probe, not
+    more — most of what the image vector lacks, the grid lacks too.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gate = nn.Conv2d(width, 1, kernel_size=1)
+
+    def gate_logits(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, C, g, g) -> (B, g*g) objectness logits, row-major."""
+        return self.gate(grid).flatten(1)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.gate(grid))  # (B, 1, g, g)
+        return (weights * grid).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1e-6)
+
+
+POOLS = ("avg", "max", "attention", "gated")
 
 
 def make_pool(config: ConvClipConfig) -> nn.Module:
@@ -60,6 +85,8 @@ def make_pool(config: ConvClipConfig) -> nn.Module:
         vision = config.vision_config
         grid = vision.image_size // resnet_stride(len(vision.hidden_sizes))
         return AttentionPool(vision.hidden_size, grid, config.pool_heads)
+    if config.pool == "gated":
+        return GatedPool(config.vision_config.hidden_size)
     pool = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}[config.pool](1)
     return nn.Sequential(pool, nn.Flatten(1))
 
@@ -68,8 +95,9 @@ class ConvClipConfig(VisionTextDualEncoderConfig):
     """`VisionTextDualEncoderConfig` under finecap's model type; vision_config is a
     `ResNetConfig` with `hidden_size` (its last stage's width) added. `pool`: how the last
     stage's grid becomes one vector, "avg" (ResNet's own), "max" (a small object's
-    features are not averaged away by the background's) or "attention" (CLIP's attention
-    pooling, `pool_heads` heads)."""
+    features are not averaged away by the background's), "attention" (CLIP's attention
+    pooling, `pool_heads` heads) or "gated" (an average weighted by a learned objectness gate,
+    `GatedPool`)."""
 
     model_type = MODEL_TYPE
 

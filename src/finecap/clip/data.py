@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig
-from finecap.clip.dense import ATTRIBUTES, patch_labels
+from finecap.clip.dense import ATTRIBUTES, bag_labels, patch_labels
 from finecap.data.formats import CaptionCorpus, ImageRecord
 from finecap.data.images import load_image
 from finecap.scenes.changes import changed_texts, short_description
@@ -77,10 +77,10 @@ def descriptions_of(record: ImageRecord) -> list[str]:
 
 
 class ImageTextPairs(Dataset):
-    """One (pixels, text, hard negative, patch labels) per image; the texts are re-drawn
-    every epoch (`set_epoch`). The negative is "" when none was drawn (see
-    `ClipTrainConfig`); the labels (N, A) are `finecap.clip.dense.patch_labels` of a `grid` x
-    `grid` patch layout, or (0, A) without `grid`."""
+    """One (pixels, text, hard negative, labels) per image; the texts are re-drawn every
+    epoch (`set_epoch`). The negative is "" when none was drawn (see `ClipTrainConfig`); the
+    labels are {"patches": `finecap.clip.dense.patch_labels` (N, A) of a `grid` x `grid` patch
+    layout, or (0, A) without `grid`; "bag": `finecap.clip.dense.bag_labels` (BAG_SIZE,)}."""
 
     def __init__(
         self,
@@ -98,7 +98,7 @@ class ImageTextPairs(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str, dict[str, torch.Tensor]]:
         rng = random.Random(self.cfg.seed * 1_000_003 + self.epoch * 100_003 + i)
         record = self.records[i]
         pixels = self.pixels[i]
@@ -113,10 +113,11 @@ class ImageTextPairs(Dataset):
             most = self.cfg.max_shift
             dx, dy = rng.randint(-most, most), rng.randint(-most, most)
             pixels = shift(pixels, dx, dy, most)
-        labels = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
+        patches = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
         if self.grid is not None:
             side = pixels.shape[-1]
-            labels = patch_labels(scene and as_scene(scene), self.grid, side, (-dx, -dy))
+            patches = patch_labels(scene and as_scene(scene), self.grid, side, (-dx, -dy))
+        labels = {"patches": patches, "bag": bag_labels(scene and as_scene(scene))}
         negative = ""
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
             text, negative = self._description(rng, scene, descriptions)

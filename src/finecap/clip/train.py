@@ -44,7 +44,7 @@ from transformers import (
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig, resnet_stride
 from finecap.clip.data import ImageTextPairs, RecordPixels, descriptions_of, shift
-from finecap.clip.dense import DenseHeads
+from finecap.clip.dense import IGNORE, BagHead, DenseHeads, objectness_loss
 from finecap.clip.tokenizer import learn_bpe_merges, save_tokenizer, train_bpe_tokenizer
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.io import atomic_write_text
@@ -215,6 +215,16 @@ def clip_loss(
     return (F.cross_entropy(logits, target) + F.cross_entropy(image_to_text, target)) / 2
 
 
+def pair_loss(
+    img: torch.Tensor, txt: torch.Tensor, negatives: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of each image (M, P) choosing its true text (M, P) over its own hard
+    negative (M, P): the probe's two-way question, at the contrastive temperature."""
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * torch.stack([(img * txt).sum(-1), (img * negatives).sum(-1)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(img), dtype=torch.long, device=img.device))
+
+
 class ClipTask(L.LightningModule):
     """CLIP contrastive training: model + loss + the AdamW/cosine schedule."""
 
@@ -225,6 +235,7 @@ class ClipTask(L.LightningModule):
         self.model, self.tokenizer, self.cfg, self.lr = model, tokenizer, cfg, lr
         width = model.config.vision_config.hidden_size
         self.dense = DenseHeads(width) if cfg.dense_weight > 0 else None
+        self.bag = BagHead(width) if cfg.bag_weight > 0 else None
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -233,6 +244,7 @@ class ClipTask(L.LightningModule):
         self, batch: tuple[torch.Tensor, list[str], list[str]], batch_idx: int
     ) -> torch.Tensor:
         pixels, texts, negatives, labels = batch
+        has_negative = torch.tensor([bool(t) for t in negatives], device=pixels.device)
         negatives = [t for t in negatives if t]
         vision = self.model.vision_model(pixel_values=pixels)
         img = F.normalize(self.model.visual_projection(vision.pooler_output), dim=-1)  # (B, P)
@@ -240,13 +252,25 @@ class ClipTask(L.LightningModule):
         both = encode_texts(self.model, self.tokenizer, [*texts, *negatives])
         txt, neg = both[: len(texts)], both[len(texts) :]
         loss = clip_loss(img, txt, self.model.logit_scale, neg)
+        batch_size = len(pixels)
         if self.dense is not None:
             patches = patch_tokens(vision.last_hidden_state)  # (B, N, H)
-            dense = self.dense.loss(patches, labels)
-            self.log("dense", dense, prog_bar=True, on_epoch=True, batch_size=len(pixels))
+            dense = self.dense.loss(patches, labels["patches"])
+            gate = getattr(self.model.vision_model.pooler, "gate_logits", None)
+            if gate is not None:  # a gated pool learns where the objects are, too
+                dense = dense + objectness_loss(gate(vision.last_hidden_state), labels["patches"])
+            self.log("dense", dense, prog_bar=True, on_epoch=True, batch_size=batch_size)
             loss = loss + self.cfg.dense_weight * dense
-        self.log("loss", loss, prog_bar=True, on_epoch=True, batch_size=len(pixels))
-        self.log("scale", self.model.logit_scale.exp(), prog_bar=True, batch_size=len(pixels))
+        if self.bag is not None and (labels["bag"][:, 0] != IGNORE).any():
+            bag = self.bag.loss(vision.pooler_output, labels["bag"])
+            self.log("bag", bag, prog_bar=True, on_epoch=True, batch_size=batch_size)
+            loss = loss + self.cfg.bag_weight * bag
+        if self.cfg.pair_weight > 0 and len(neg):
+            pair = pair_loss(img[has_negative], txt[has_negative], neg, self.model.logit_scale)
+            self.log("pair", pair, prog_bar=True, on_epoch=True, batch_size=batch_size)
+            loss = loss + self.cfg.pair_weight * pair
+        self.log("loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size)
+        self.log("scale", self.model.logit_scale.exp(), prog_bar=True, batch_size=batch_size)
         return loss
 
     def configure_optimizers(self):
