@@ -203,6 +203,37 @@ def test_resnet_tower_trains_with_dense_supervision_and_loads(world: Path, tmp_p
     assert result["probe"]["kinds"] == probed["kinds"]
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_gated_clip_trains_with_bag_and_pair_terms(world: Path, tmp_path: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from finecap.clip.conv_clip import GatedPool
+    from finecap.clip.data import ImageTextPairs, RecordPixels
+    from finecap.clip.train import ClipTask, build_image_processor, vision_grid
+    from finecap.data.formats import load_corpus
+
+    arch = TINY_CONV.model_copy(update={"conv_pool": "gated"})
+    cfg = ClipTrainConfig(
+        epochs=1, batch_size=16, dense_weight=1.0, bag_weight=1.0, pair_weight=1.0,
+        hard_negative_prob=1.0, description_prob=1.0,
+    )  # fmt: skip
+    # One step by hand (no trainer: its logging is skipped): the bag head and the gate learn.
+    corpus = load_corpus(world)
+    records = corpus.split("train")[:8]
+    tokenizer = train_bpe_tokenizer(TEXTS, 800, 16)
+    model = build_scenes_clip(arch, tokenizer)
+    pixels = RecordPixels(corpus, records, build_image_processor(arch.image_size))
+    data = ImageTextPairs(pixels, records, cfg, vision_grid(model.config.vision_config))
+    task = ClipTask(model, tokenizer, cfg, 1e-3)
+    task.training_step(default_collate([data[i] for i in range(len(records))]), 0).backward()
+    assert task.bag.head.weight.grad.abs().sum() > 0
+    assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
+    # End to end: trained, saved, loaded with its gate.
+    result = train_clip(world, tmp_path / "gated", arch, cfg)
+    assert isinstance(load_clip(tmp_path / "gated").model.vision_model.pooler, GatedPool)
+    assert result["train"]["pair_weight"] == 1.0 and "shape" in result["probe"]["kinds"]
+
+
 def test_resnet_grid_and_patch_tokens() -> None:
     from finecap.clip.train import patch_tokens, vision_grid
 
