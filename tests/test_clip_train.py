@@ -254,8 +254,21 @@ def test_resnet_grid_and_patch_tokens() -> None:
     assert vision_grid(vit.config.vision_config) == 48 // 12
 
 
-def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) -> None:
+def assert_pool_round_trips(model, pool_class: type, folder: Path) -> None:  # noqa: ANN001
+    """Saved and reloaded by load_clip's loader, `model` keeps its pool and its outputs."""
     from transformers import AutoModel
+
+    model.save_pretrained(folder)
+    loaded = AutoModel.from_pretrained(folder).eval()
+    assert isinstance(loaded.vision_model.pooler, pool_class)
+    pixels = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(
+        loaded.vision_model(pixel_values=pixels).pooler_output,
+        model.eval().vision_model(pixel_values=pixels).pooler_output,
+    )
+
+
+def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) -> None:
 
     from finecap.clip.conv_clip import AttentionPool
 
@@ -270,14 +283,7 @@ def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) ->
     moved = grid.flatten(2)[:, :, torch.randperm(36)].view_as(grid)
     torch.testing.assert_close(moved.mean((2, 3)), grid.mean((2, 3)))
     assert (pool(moved) - pooled).abs().max() > 1e-3
-    model.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()  # load_clip's loader
-    assert isinstance(loaded.vision_model.pooler, AttentionPool)
-    pixels = torch.randn(2, 3, 48, 48)
-    torch.testing.assert_close(
-        loaded.vision_model(pixel_values=pixels).pooler_output,
-        model.vision_model(pixel_values=pixels).pooler_output,
-    )
+    assert_pool_round_trips(model, AttentionPool, tmp_path)
     with pytest.raises(ValueError, match=r"conv_pool_heads \(3\) must divide.*\(16\)"):
         ScenesClipConfig(
             **{**TINY_CONV.model_dump(), "conv_pool": "attention", "conv_pool_heads": 3}
@@ -285,7 +291,6 @@ def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) ->
 
 
 def test_gated_pool_averages_the_cells_its_gate_opens_and_round_trips(tmp_path: Path) -> None:
-    from transformers import AutoModel
 
     from finecap.clip.conv_clip import GatedPool
     from finecap.clip.dense import objectness_loss
@@ -310,14 +315,7 @@ def test_gated_pool_averages_the_cells_its_gate_opens_and_round_trips(tmp_path: 
     labels[0, [1 * 6 + 2, 4 * 6 + 4], 0] = 3  # objects under exactly those cells
     assert objectness_loss(pool.gate_logits(grid), labels) < 1e-6
     assert objectness_loss(pool.gate_logits(-grid), labels) > 1.0
-    model.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()  # load_clip's loader
-    assert isinstance(loaded.vision_model.pooler, GatedPool)
-    pixels = torch.randn(2, 3, 48, 48)
-    torch.testing.assert_close(
-        loaded.vision_model(pixel_values=pixels).pooler_output,
-        model.vision_model(pixel_values=pixels).pooler_output,
-    )
+    assert_pool_round_trips(model, GatedPool, tmp_path)
 
 
 def test_resnet_arch_checks_strides() -> None:
