@@ -256,8 +256,10 @@ class ClipTask(L.LightningModule):
         if self.dense is not None:
             patches = patch_tokens(vision.last_hidden_state)  # (B, N, H)
             dense = self.dense.loss(patches, labels["patches"])
-            gate = getattr(self.model.vision_model.pooler, "gate_logits", None)
-            if gate is not None:  # a gated pool learns where the objects are, too
+            pool = getattr(self.model.vision_model, "pooler", None)  # a ViT has none
+            gate = getattr(pool, "gate_logits", None)
+            if gate is not None and (labels["patches"][..., 0] != IGNORE).any():
+                # A gated pool learns where the objects are, too.
                 dense = dense + objectness_loss(gate(vision.last_hidden_state), labels["patches"])
             self.log("dense", dense, prog_bar=True, on_epoch=True, batch_size=batch_size)
             loss = loss + self.cfg.dense_weight * dense
