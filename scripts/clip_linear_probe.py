@@ -28,8 +28,8 @@ from finecap.scenes.world import COLORS, SHAPES, as_scene, salient_object
 
 
 @torch.no_grad()
-def features(bundle, corpus, records) -> tuple[torch.Tensor, torch.Tensor, list]:  # noqa: ANN001
-    """(pooled (B, C), grid cells on objects (M, C), their shape ids (M,), scenes)."""
+def features(bundle, corpus, records) -> tuple:  # noqa: ANN001
+    """(pooled (B, C), grid cells on objects (M, C), their shape ids (M,), the B scenes)."""
     pooled, cells, shapes, scenes = [], [], [], []
     for start in range(0, len(records), 100):
         chunk = records[start : start + 100]

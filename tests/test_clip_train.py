@@ -224,8 +224,12 @@ def test_gated_clip_trains_with_bag_and_pair_terms(world: Path, tmp_path: Path) 
     model = build_scenes_clip(arch, tokenizer)
     pixels = RecordPixels(corpus, records, build_image_processor(arch.image_size))
     data = ImageTextPairs(pixels, records, cfg, vision_grid(model.config.vision_config))
+    batch = default_collate([data[i] for i in range(len(records))])
     task = ClipTask(model, tokenizer, cfg, 1e-3)
-    task.training_step(default_collate([data[i] for i in range(len(records))]), 0).backward()
+    loss = task.training_step(batch, 0)
+    plain = ClipTask(model, tokenizer, cfg.replace(bag_weight=0.0, pair_weight=0.0), 1e-3)
+    assert loss > plain.training_step(batch, 0) + 0.1  # both terms count (each > 0)
+    loss.backward()
     assert task.bag.head.weight.grad.abs().sum() > 0
     assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
     # End to end: trained, saved, loaded with its gate.
@@ -269,7 +273,6 @@ def assert_pool_round_trips(model, pool_class: type, folder: Path) -> None:  # n
 
 
 def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) -> None:
-
     from finecap.clip.conv_clip import AttentionPool
 
     arch = TINY_CONV.model_copy(update={"conv_pool": "attention", "conv_pool_heads": 4})
@@ -291,7 +294,6 @@ def test_attention_pool_sees_where_things_are_and_round_trips(tmp_path: Path) ->
 
 
 def test_gated_pool_averages_the_cells_its_gate_opens_and_round_trips(tmp_path: Path) -> None:
-
     from finecap.clip.conv_clip import GatedPool
     from finecap.clip.dense import objectness_loss
 

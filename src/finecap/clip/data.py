@@ -113,11 +113,11 @@ class ImageTextPairs(Dataset):
             most = self.cfg.max_shift
             dx, dy = rng.randint(-most, most), rng.randint(-most, most)
             pixels = shift(pixels, dx, dy, most)
+        truth = scene and as_scene(scene)  # None without a scene
         patches = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
         if self.grid is not None:
-            side = pixels.shape[-1]
-            patches = patch_labels(scene and as_scene(scene), self.grid, side, (-dx, -dy))
-        labels = {"patches": patches, "bag": bag_labels(scene and as_scene(scene))}
+            patches = patch_labels(truth, self.grid, pixels.shape[-1], (-dx, -dy))
+        labels = {"patches": patches, "bag": bag_labels(truth)}
         negative = ""
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
             text, negative = self._description(rng, scene, descriptions)

@@ -241,7 +241,7 @@ class ClipTask(L.LightningModule):
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
     def training_step(
-        self, batch: tuple[torch.Tensor, list[str], list[str]], batch_idx: int
+        self, batch: tuple[torch.Tensor, list[str], list[str], dict], batch_idx: int
     ) -> torch.Tensor:
         pixels, texts, negatives, labels = batch
         has_negative = torch.tensor([bool(t) for t in negatives], device=pixels.device)
