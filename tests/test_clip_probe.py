@@ -11,7 +11,15 @@ import torch
 
 from finecap.cli import main as cli_main
 from finecap.clip import ClipEmbedder, load_clip
-from finecap.clip.dense import BAG_PAIRS, BAG_SIZE, IGNORE, bag_labels, patch_labels
+from finecap.clip.dense import (
+    BAG_PAIRS,
+    BAG_SIZE,
+    IGNORE,
+    POSITION_KEYS,
+    bag_labels,
+    patch_labels,
+    position_labels,
+)
 from finecap.clip.probe import ProbeInputError, ProbePair, csv_pairs, probe, scene_pairs
 from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss, pair_loss, shift
 from finecap.data.formats import load_corpus
@@ -108,10 +116,16 @@ def test_probe_counts_wins_and_ties(world: Path, tiny_clip: Path) -> None:
         ProbePair(image, texts[worst], texts[worst], "color"),  # a tie, not a win
     ]
     result = probe(embedder, pairs)
+    cosines = {k: result[k].pop("text_cosine") for k in result}
     assert result == {
         "shape": {"accuracy": 1 / 3, "n": 3, "ties": 1},
         "color": {"accuracy": 0.0, "n": 1, "ties": 1},
     }
+    # The text towers' view: the same text has cosine 1; two different texts less.
+    assert cosines["color"] == pytest.approx(1.0, abs=1e-5)
+    different = float(embedder.embed_texts([texts[best]]) @ embedder.embed_texts([texts[worst]]).T)
+    assert different < 1 - 1e-4
+    assert cosines["shape"] == pytest.approx((2 * different + 1) / 3, abs=1e-5)
 
 
 def test_scene_pairs_cover_every_kind_the_split_has(world: Path) -> None:
@@ -134,7 +148,8 @@ def test_probe_cli_writes_the_documented_json(world: Path, tiny_clip: Path, tmp_
     assert result["clip"] == str(tiny_clip) and result["split"] == "test"
     for register in ("kinds", "short_kinds"):
         for stats in result[register].values():
-            assert set(stats) == {"accuracy", "n", "ties"} and 0 <= stats["accuracy"] <= 1
+            assert set(stats) == {"accuracy", "n", "ties", "text_cosine"}
+            assert 0 <= stats["accuracy"] <= 1 and -1 <= stats["text_cosine"] <= 1 + 1e-6
     assert result["kinds"]["shape"]["n"] == len(load_corpus(world).split("test"))  # every image
     assert "| shape |" in capsys.readouterr().out
 
@@ -214,6 +229,29 @@ def test_bag_labels_hold_each_objects_bound_pairs() -> None:
     expected |= {("star", "blue"), ("star", "plain"), ("star", "small")}
     assert named == expected  # bound: no ("circle", "blue")
     assert (bag_labels(None) == IGNORE).all()
+
+
+def test_position_labels_hold_each_colour_and_shape_centre() -> None:
+    # Red circle centred at (27.5, 47.5), blue star at (69, 44) of 96 px; input 48 px.
+    labels = position_labels(two_object_scene(), 48)
+    assert labels.shape == (len(POSITION_KEYS), 3) and labels[:, 0].sum() == 4  # 2 x (c, s)
+    for key, (x, y) in [
+        (("color", "red"), (27.5, 47.5)), (("shape", "circle"), (27.5, 47.5)),
+        (("color", "blue"), (69, 44)), (("shape", "star"), (69, 44)),
+    ]:  # fmt: skip
+        torch.testing.assert_close(
+            labels[POSITION_KEYS.index(key)], torch.tensor([1.0, x / 48 - 1, y / 48 - 1])
+        )
+    assert labels[POSITION_KEYS.index(("color", "green")), 0] == 0
+    # Content moved 6 px right in the 48-px input: x + 6 / 24.
+    moved = position_labels(two_object_scene(), 48, (6, 0))
+    torch.testing.assert_close(moved[:, 1], torch.where(labels[:, 0] == 1, labels[:, 1] + 0.25, 0))
+    # Two red objects: the mean of their centres.
+    scene = two_object_scene()
+    scene.objects[1] = SceneObject("star", "red", "small", "plain", (60, 35, 78, 53))
+    red = position_labels(scene, 96)[POSITION_KEYS.index(("color", "red"))]
+    torch.testing.assert_close(red, torch.tensor([1.0, (27.5 + 69) / 96 - 1, (47.5 + 44) / 96 - 1]))
+    assert (position_labels(None, 48) == IGNORE).all()
 
 
 def test_pair_loss_is_the_two_way_choice_of_true_text_over_its_negative() -> None:

@@ -204,7 +204,7 @@ def test_resnet_tower_trains_with_dense_supervision_and_loads(world: Path, tmp_p
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_gated_clip_trains_with_bag_and_pair_terms(world: Path, tmp_path: Path) -> None:
+def test_gated_clip_trains_with_bag_position_and_pair_terms(world: Path, tmp_path: Path) -> None:
     from torch.utils.data import default_collate
 
     from finecap.clip.conv_clip import GatedPool
@@ -215,9 +215,9 @@ def test_gated_clip_trains_with_bag_and_pair_terms(world: Path, tmp_path: Path) 
     arch = TINY_CONV.model_copy(update={"conv_pool": "gated"})
     cfg = ClipTrainConfig(
         epochs=1, batch_size=16, dense_weight=1.0, bag_weight=1.0, pair_weight=1.0,
-        hard_negative_prob=1.0, description_prob=1.0,
+        position_weight=1.0, hard_negative_prob=1.0, description_prob=1.0,
     )  # fmt: skip
-    # One step by hand (no trainer: its logging is skipped): the bag head and the gate learn.
+    # One step by hand (no trainer: its logging is skipped): the heads and the gate learn.
     corpus = load_corpus(world)
     records = corpus.split("train")[:8]
     tokenizer = train_bpe_tokenizer(TEXTS, 800, 16)
@@ -227,10 +227,15 @@ def test_gated_clip_trains_with_bag_and_pair_terms(world: Path, tmp_path: Path) 
     batch = default_collate([data[i] for i in range(len(records))])
     task = ClipTask(model, tokenizer, cfg, 1e-3)
     loss = task.training_step(batch, 0)
-    plain = ClipTask(model, tokenizer, cfg.replace(bag_weight=0.0, pair_weight=0.0), 1e-3)
-    assert loss > plain.training_step(batch, 0) + 0.1  # both terms count (each > 0)
+    terms = {"bag_weight": 0.0, "pair_weight": 0.0, "position_weight": 0.0}
+    plain = ClipTask(model, tokenizer, cfg.replace(**terms), 1e-3)
+    assert loss > plain.training_step(batch, 0) + 0.1  # the terms count (each > 0)
+    no_position = ClipTask(model, tokenizer, cfg.replace(position_weight=0.0), 1e-3)
+    no_position.bag, no_position.dense = task.bag, task.dense  # only the position term differs
+    assert loss > no_position.training_step(batch, 0)
     loss.backward()
     assert task.bag.head.weight.grad.abs().sum() > 0
+    assert task.position.head.weight.grad.abs().sum() > 0
     assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
     # End to end: trained, saved, loaded with its gate.
     result = train_clip(world, tmp_path / "gated", arch, cfg)

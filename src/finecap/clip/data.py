@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig
-from finecap.clip.dense import ATTRIBUTES, bag_labels, patch_labels
+from finecap.clip.dense import ATTRIBUTES, bag_labels, patch_labels, position_labels
 from finecap.data.formats import CaptionCorpus, ImageRecord
 from finecap.data.images import load_image
 from finecap.scenes.changes import changed_texts, short_description
@@ -80,7 +80,8 @@ class ImageTextPairs(Dataset):
     """One (pixels, text, hard negative, labels) per image; the texts are re-drawn every
     epoch (`set_epoch`). The negative is "" when none was drawn (see `ClipTrainConfig`); the
     labels are {"patches": `finecap.clip.dense.patch_labels` (N, A) of a `grid` x `grid` patch
-    layout, or (0, A) without `grid`; "bag": `finecap.clip.dense.bag_labels` (BAG_SIZE,)}."""
+    layout, or (0, A) without `grid`; "bag": `finecap.clip.dense.bag_labels` (BAG_SIZE,);
+    "position": `finecap.clip.dense.position_labels` (K, 3)}."""
 
     def __init__(
         self,
@@ -117,7 +118,12 @@ class ImageTextPairs(Dataset):
         patches = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
         if self.grid is not None:
             patches = patch_labels(truth, self.grid, pixels.shape[-1], (-dx, -dy))
-        labels = {"patches": patches, "bag": bag_labels(truth)}
+        side = pixels.shape[-1] if pixels is not None else truth and truth.image_size
+        labels = {
+            "patches": patches,
+            "bag": bag_labels(truth),
+            "position": position_labels(truth, side, (-dx, -dy)),  # no pixels: no shift
+        }
         negative = ""
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
             text, negative = self._description(rng, scene, descriptions)

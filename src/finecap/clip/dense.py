@@ -19,6 +19,14 @@ objects the scene holds, as bound pairs — every (shape, colour), (shape, patte
 gated pool (`finecap.clip.conv_clip.GatedPool`) keeps the objects by weighting each cell by a
 learned objectness; the patch labels teach it where they are (`objectness_loss`).
 
+Relations stay at chance with all of these (a reversed relation is the same text to the text
+tower: cosine 0.9998 between "the star is above the circle" and "... below ..."): an image
+vector that does not say where each object is gives the text no direction to learn, and the
+text's tie gives the image none. The position head asks the pooled vector where things are:
+the centre of the objects of each colour and of each shape (`position_labels`), a linear
+regression (`ClipTrainConfig.position_weight`); "the pink star is above the brown circle" is
+then a linear function of the image vector.
+
 Dimension letters: B images, N patches (grid x grid), H vision width, A attributes (4).
 """
 
@@ -41,6 +49,11 @@ IGNORE = -100  # images without a scene: no dense loss
 # The bag's bound pairs: the shape with each other attribute.
 BAG_PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = ATTRIBUTES[1:]
 BAG_SIZE = sum(len(SHAPES) * len(vocab) for _, vocab in BAG_PAIRS)
+# The position head's entries: each colour, then each shape.
+POSITION_KEYS: tuple[tuple[str, str], ...] = (
+    *(("color", c) for c in COLORS),
+    *(("shape", s) for s in SHAPES),
+)
 
 
 def patch_labels(
@@ -121,3 +134,38 @@ class BagHead(nn.Module):
         a scene (nan: none has)."""
         known = labels[:, 0] != IGNORE
         return F.binary_cross_entropy_with_logits(self.head(pooled[known]), labels[known])
+
+
+def position_labels(
+    scene: Scene | None, side: int, offset: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """(len(POSITION_KEYS), 3): per colour, then per shape, [present, x, y], the mean centre
+    of the scene's objects of that colour (shape) in [-1, 1] of a `side`-pixel input whose
+    content moved by `offset` pixels; absent entries are 0. No scene: all IGNORE."""
+    if scene is None:
+        return torch.full((len(POSITION_KEYS), 3), float(IGNORE))
+    scale = side / scene.image_size
+    sums = torch.zeros(len(POSITION_KEYS), 3)
+    for obj in scene.objects:
+        cx = (obj.bbox[0] + obj.bbox[2]) / 2 * scale + offset[0]
+        cy = (obj.bbox[1] + obj.bbox[3]) / 2 * scale + offset[1]
+        xy = torch.tensor([1.0, 2 * cx / side - 1, 2 * cy / side - 1])
+        for key in (("color", obj.color), ("shape", obj.shape)):
+            sums[POSITION_KEYS.index(key)] += xy
+    present = sums[:, :1].clamp(min=1)
+    return torch.cat([sums[:, :1].clamp(max=1), sums[:, 1:] / present], dim=1)
+
+
+class PositionHead(nn.Module):
+    """A linear regression of `position_labels` (the centres) over the pooled image vector."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(width, 2 * len(POSITION_KEYS))
+
+    def loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """pooled (B, H), labels (B, K, 3) -> mean squared error of the present entries of the
+        images with a scene (nan: none has)."""
+        present = labels[..., 0] == 1  # IGNORE rows and absent entries are not 1
+        predicted = self.head(pooled).view(len(pooled), len(POSITION_KEYS), 2)
+        return F.mse_loss(predicted[present], labels[..., 1:][present])

@@ -92,22 +92,35 @@ def csv_pairs(path: str | Path, corpus: CaptionCorpus, records: list[ImageRecord
 
 
 def probe(embedder, pairs: list[ProbePair]) -> dict[str, dict[str, float | int]]:
-    """{kind: {"accuracy", "n", "ties"}} for `pairs`, scored by a `ClipEmbedder`."""
+    """{kind: {"accuracy", "n", "ties", "text_cosine"}} for `pairs`, scored by a
+    `ClipEmbedder`. `text_cosine`: the mean cosine of the true and the changed text's
+    embeddings — near 1, the text tower hardly tells the two apart, whatever the image."""
     if not pairs:
         return {}
     images = embedder.embed_image_files([p.image for p in pairs])  # (N, P), each file once
     true = embedder.embed_texts([p.true for p in pairs])  # (N, P)
     changed = embedder.embed_texts([p.changed for p in pairs])
     margin = (images * true).sum(-1) - (images * changed).sum(-1)  # (N,)
+    cosine = (true * changed).sum(-1)  # (N,) the embeddings are unit vectors
     wins, ties, counts = defaultdict(int), defaultdict(int), defaultdict(int)
-    for pair, m in zip(pairs, margin.tolist(), strict=True):
+    cosines = defaultdict(float)
+    for pair, m, c in zip(pairs, margin.tolist(), cosine.tolist(), strict=True):
         counts[pair.kind] += 1
+        cosines[pair.kind] += c
         if abs(m) <= TIE_TOLERANCE:
             ties[pair.kind] += 1
         elif m > 0:
             wins[pair.kind] += 1
     order = [k for k in CHANGE_KINDS if k in counts] + sorted(set(counts) - set(CHANGE_KINDS))
-    return {k: {"accuracy": wins[k] / counts[k], "n": counts[k], "ties": ties[k]} for k in order}
+    return {
+        k: {
+            "accuracy": wins[k] / counts[k],
+            "n": counts[k],
+            "ties": ties[k],
+            "text_cosine": round(cosines[k] / counts[k], 6),
+        }
+        for k in order
+    }
 
 
 @torch.no_grad()

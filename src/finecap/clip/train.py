@@ -44,7 +44,7 @@ from transformers import (
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig, resnet_stride
 from finecap.clip.data import ImageTextPairs, RecordPixels, descriptions_of, shift
-from finecap.clip.dense import IGNORE, BagHead, DenseHeads, objectness_loss
+from finecap.clip.dense import IGNORE, BagHead, DenseHeads, PositionHead, objectness_loss
 from finecap.clip.tokenizer import learn_bpe_merges, save_tokenizer, train_bpe_tokenizer
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.io import atomic_write_text
@@ -236,6 +236,7 @@ class ClipTask(L.LightningModule):
         width = model.config.vision_config.hidden_size
         self.dense = DenseHeads(width) if cfg.dense_weight > 0 else None
         self.bag = BagHead(width) if cfg.bag_weight > 0 else None
+        self.position = PositionHead(width) if cfg.position_weight > 0 else None
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -267,6 +268,10 @@ class ClipTask(L.LightningModule):
             bag = self.bag.loss(vision.pooler_output, labels["bag"])
             self.log("bag", bag, prog_bar=True, on_epoch=True, batch_size=batch_size)
             loss = loss + self.cfg.bag_weight * bag
+        if self.position is not None and (labels["position"][:, 0, 0] != IGNORE).any():
+            position = self.position.loss(vision.pooler_output, labels["position"])
+            self.log("position", position, prog_bar=True, on_epoch=True, batch_size=batch_size)
+            loss = loss + self.cfg.position_weight * position
         if self.cfg.pair_weight > 0 and len(neg):
             pair = pair_loss(img[has_negative], txt[has_negative], neg, self.model.logit_scale)
             self.log("pair", pair, prog_bar=True, on_epoch=True, batch_size=batch_size)

@@ -56,7 +56,8 @@ class ClipProbeOptions(Settings):
     of pairs from the scenes ground truth."""
     out: str | None = None
     """Write the result here as JSON ({"clip", "split", "kinds": {KIND: {"accuracy", "n",
-    "ties"}}, ...})."""
+    "ties", "text_cosine"}}, ...}; text_cosine: the mean cosine of the true and
+    the changed text's embeddings, near 1 when the text tower cannot tell them apart)."""
     batch_size: int = 64
     """Images or texts encoded together."""
 
