@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from finecap.cli import main as cli_main
 from finecap.clip import ClipEmbedder, load_clip
@@ -16,17 +17,21 @@ from finecap.clip.dense import (
     BAG_SIZE,
     IGNORE,
     POSITION_KEYS,
+    RELATION_AXES,
+    RELATION_KEYS,
+    RelationHead,
     bag_labels,
     patch_labels,
     position_labels,
+    relation_labels,
 )
 from finecap.clip.probe import ProbeInputError, ProbePair, csv_pairs, probe, scene_pairs
 from finecap.clip.train import ClipTrainConfig, ImageTextPairs, clip_loss, pair_loss, shift
 from finecap.data.formats import load_corpus
 from finecap.scenes import Scene, SceneObject, compute_relations, generate_world
 from finecap.scenes.changes import CHANGE_KINDS, change_scene, changed_texts
-from finecap.scenes.language import describe_scene, mirror_text
-from finecap.scenes.world import COLORS, SHAPES, mirror_scene
+from finecap.scenes.language import describe_scene, mirror_text, stated_relations
+from finecap.scenes.world import COLORS, INVERSE_RELATION, SHAPES, mirror_scene
 from helpers.tiny_models import make_tiny_clip
 
 
@@ -252,6 +257,102 @@ def test_position_labels_hold_each_colour_and_shape_centre() -> None:
     red = position_labels(scene, 96)[POSITION_KEYS.index(("color", "red"))]
     torch.testing.assert_close(red, torch.tensor([1.0, (27.5 + 69) / 96 - 1, (47.5 + 44) / 96 - 1]))
     assert (position_labels(None, 48) == IGNORE).all()
+
+
+def said(labels: torch.Tensor) -> set[tuple[tuple[str, str, str], str]]:
+    """The known entries of relation labels (K, 2) as (key, the relation they state)."""
+    name = {axis_before: rel for rel, axis_before in RELATION_AXES.items()}
+    return {
+        (RELATION_KEYS[k], name[(axis, value)])
+        for k, row in enumerate(labels.tolist())
+        for axis, value in enumerate(row)
+        if value >= 0
+    }
+
+
+def test_relation_labels_key_each_pair_by_colour_and_shape_both_ways() -> None:
+    scene = two_object_scene()  # the red circle is left of the blue star
+    assert said(relation_labels(scene, scene.relations)) == {
+        (("color", "red", "blue"), "left of"), (("color", "blue", "red"), "right of"),
+        (("shape", "circle", "star"), "left of"), (("shape", "star", "circle"), "right of"),
+    }  # fmt: skip
+    assert said(relation_labels(scene, [(0, "next to", 1)])) == set()  # no direction
+    assert said(relation_labels(None, [])) == set()
+    # A red heart above the blue star: red is before blue on both axes (the circle on x,
+    # the heart on y); the red-red pair says nothing.
+    heart = SceneObject("heart", "red", "small", "plain", (62, 2, 80, 20))
+    three = Scene("grass", [*scene.objects, heart], compute_relations([*scene.objects, heart], 96))
+    labels = said(relation_labels(three, three.relations))
+    assert {(("color", "red", "blue"), "left of"), (("color", "red", "blue"), "above")} <= labels
+    assert ("color", "red", "red") not in RELATION_KEYS
+    assert (("shape", "heart", "star"), "above") in labels
+    # Two relations that contradict each other on one axis: the entry is dropped.
+    both = relation_labels(scene, [(0, "left of", 1), (0, "right of", 1)])
+    assert said(both) == set()
+
+
+def test_relation_head_reads_each_pair_as_a_difference_of_positions() -> None:
+    head = RelationHead(8)
+    embeds = F.normalize(torch.randn(3, 8), dim=-1)
+    logits = head.logits(embeds)  # (B, K, 2)
+    assert logits.shape == (3, len(RELATION_KEYS), 2)
+    k, back = (
+        RELATION_KEYS.index(("color", "red", "blue")),
+        RELATION_KEYS.index(("color", "blue", "red")),
+    )
+    torch.testing.assert_close(
+        logits[:, k], -logits[:, back]
+    )  # "red before blue" = not the reverse
+    # By hand: (where[red] - where[blue]) . e * sqrt(P), per axis.
+    red, blue = COLORS.index("red"), COLORS.index("blue")
+    by_hand = (embeds * 8**0.5) @ (head.where[red] - head.where[blue]).T
+    torch.testing.assert_close(logits[:, k], by_hand)
+    labels = torch.full((3, len(RELATION_KEYS), 2), IGNORE)
+    assert head.loss(embeds, labels).isnan()  # nothing known
+    labels[0, k, 0] = 1
+    expected = F.binary_cross_entropy_with_logits(logits[0, k, 0], torch.tensor(1.0))
+    torch.testing.assert_close(head.loss(embeds, labels), expected)
+
+
+def test_stated_relations_are_the_descriptions_relation_sentences() -> None:
+    scene = two_object_scene()
+    for text, relations in zip(describe_scene(scene), stated_relations(scene), strict=True):
+        assert len(relations) == text.count(" is ")
+        for i, rel, j in relations:
+            a, b = scene.objects[i], scene.objects[j]
+            assert f"the {a.color} {a.shape} is {rel} the {b.color} {b.shape}." in text
+
+
+def test_training_texts_carry_the_relations_they_state(world: Path) -> None:
+    corpus = load_corpus(world)
+    records = [r for r in corpus.split("train") if len(r.extra["scene"]["objects"]) >= 2]
+    cfg = ClipTrainConfig(
+        description_prob=1.0, hard_negative_prob=1.0, prompt_prob=0.0,
+        hard_negative_kinds=["relation"],
+    )  # fmt: skip
+    data = ImageTextPairs([None] * len(records), records, cfg)
+    reversed_pairs = 0
+    for i in range(len(records)):
+        _, text, negative, labels = data[i]
+        truth, stated, negated = (
+            said(labels[k]) for k in ("relation", "text_relation", "negative_relation")
+        )
+        # What the text states is true (a pair the whole scene contradicts may be one in it).
+        assert stated or " is next to " in text  # "next to" says no direction
+        # What the text states, the scene never contradicts.
+        assert not {(k, INVERSE_RELATION[rel]) for k, rel in stated} & truth
+        if negative and " is next to " not in text:
+            # One relation reversed: what the negative states differently, the text states
+            # the other way round.
+            assert negated != stated
+            assert all((k, INVERSE_RELATION[rel]) in stated for k, rel in negated - stated)
+            reversed_pairs += 1
+    assert reversed_pairs
+    # References and short texts state no relation.
+    refs = ImageTextPairs([None] * len(records), records, cfg.replace(description_prob=0.0))
+    assert all(not said(refs[i][3]["text_relation"]) for i in range(len(records)))
+    short = ImageTextPairs([None] * len(records), records, cfg.replace(short_prob=1.0))
+    assert all(not said(short[i][3]["text_relation"]) for i in range(len(records)))
 
 
 def test_pair_loss_is_the_two_way_choice_of_true_text_over_its_negative() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPTokenizer
 
 from finecap.cli import main as cli_main
@@ -204,7 +205,9 @@ def test_resnet_tower_trains_with_dense_supervision_and_loads(world: Path, tmp_p
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_gated_clip_trains_with_bag_position_and_pair_terms(world: Path, tmp_path: Path) -> None:
+def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
+    world: Path, tmp_path: Path
+) -> None:
     from torch.utils.data import default_collate
 
     from finecap.clip.conv_clip import GatedPool
@@ -215,7 +218,7 @@ def test_gated_clip_trains_with_bag_position_and_pair_terms(world: Path, tmp_pat
     arch = TINY_CONV.model_copy(update={"conv_pool": "gated"})
     cfg = ClipTrainConfig(
         epochs=1, batch_size=16, dense_weight=1.0, bag_weight=1.0, pair_weight=1.0,
-        position_weight=1.0, hard_negative_prob=1.0, description_prob=1.0,
+        position_weight=1.0, relation_weight=1.0, hard_negative_prob=1.0, description_prob=1.0,
     )  # fmt: skip
     # One step by hand (no trainer: its logging is skipped): the heads and the gate learn.
     corpus = load_corpus(world)
@@ -227,7 +230,7 @@ def test_gated_clip_trains_with_bag_position_and_pair_terms(world: Path, tmp_pat
     batch = default_collate([data[i] for i in range(len(records))])
     task = ClipTask(model, tokenizer, cfg, 1e-3)
     loss = task.training_step(batch, 0)
-    terms = {"bag_weight": 0.0, "pair_weight": 0.0, "position_weight": 0.0}
+    terms = {"bag_weight": 0.0, "pair_weight": 0.0, "position_weight": 0.0, "relation_weight": 0.0}
     plain = ClipTask(model, tokenizer, cfg.replace(**terms), 1e-3)
     assert loss > plain.training_step(batch, 0) + 0.1  # the terms count (each > 0)
     no_position = ClipTask(model, tokenizer, cfg.replace(position_weight=0.0), 1e-3)
@@ -236,6 +239,20 @@ def test_gated_clip_trains_with_bag_position_and_pair_terms(world: Path, tmp_pat
     loss.backward()
     assert task.bag.head.weight.grad.abs().sum() > 0
     assert task.position.head.weight.grad.abs().sum() > 0
+    assert task.relation.where.grad.abs().sum() > 0
+    # The relation term alone reaches both towers (the head is shared by image and text).
+    model.zero_grad()
+    only = ClipTask(model, tokenizer, cfg, 1e-3)
+    only.relation = task.relation
+    img = F.normalize(
+        model.visual_projection(model.vision_model(pixel_values=batch[0]).pooler_output), dim=-1
+    )
+    texts = encode_texts(model, tokenizer, list(batch[1]))
+    has_negative = torch.tensor([bool(t) for t in batch[2]])
+    negatives = encode_texts(model, tokenizer, [t for t in batch[2] if t])
+    only._relation_loss(img, texts, negatives, has_negative, batch[3]).backward()
+    assert model.text_projection.weight.grad.abs().sum() > 0
+    assert model.visual_projection.weight.grad.abs().sum() > 0
     assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
     # End to end: trained, saved, loaded with its gate.
     result = train_clip(world, tmp_path / "gated", arch, cfg)
@@ -323,6 +340,25 @@ def test_gated_pool_averages_the_cells_its_gate_opens_and_round_trips(tmp_path: 
     assert objectness_loss(pool.gate_logits(grid), labels) < 1e-6
     assert objectness_loss(pool.gate_logits(-grid), labels) > 1.0
     assert_pool_round_trips(model, GatedPool, tmp_path)
+
+
+def test_gated_pool_with_coordinates_sees_where_things_are_and_round_trips(tmp_path: Path) -> None:
+    from finecap.clip.conv_clip import GatedPool
+
+    arch = TINY_CONV.model_copy(update={"conv_pool": "gated", "conv_coords": True})
+    model = build_scenes_clip(arch, train_bpe_tokenizer(TEXTS, 800, 16)).eval()
+    pool = model.vision_model.pooler
+    assert pool.coords is not None
+    # The same cells elsewhere: the plain gated pool cannot tell, with coordinates it can.
+    grid = torch.randn(2, 16, 6, 6)
+    moved = grid.flatten(2)[:, :, torch.randperm(36)].view_as(grid)
+    plain = GatedPool(16)
+    plain.gate = pool.gate
+    torch.testing.assert_close(plain(moved), plain(grid))
+    assert (pool(moved) - pool(grid)).abs().max() > 1e-3
+    assert_pool_round_trips(model, GatedPool, tmp_path)
+    with pytest.raises(ValueError, match=r"conv_coords needs conv_pool gated"):
+        ScenesClipConfig(**{**TINY_CONV.model_dump(), "conv_coords": True})
 
 
 def test_resnet_arch_checks_strides() -> None:

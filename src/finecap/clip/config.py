@@ -64,6 +64,10 @@ class ScenesClipConfig(Settings):
     average weighted by a learned objectness gate (`finecap.clip.conv_clip.GatedPool`)."""
     conv_pool_heads: PositiveInt = 8
     """Attention heads of conv_pool "attention"; must divide the last of conv_widths."""
+    conv_coords: bool = False
+    """The gated pool mixes each cell's x, y into its features before pooling, so the image
+    vector can say where each thing is (`finecap.clip.conv_clip.CoordMix`); conv_pool "gated"
+    only. Measured with the relation head: relations stay at chance (README)."""
     hidden: PositiveInt = 192
     """Width of the text tower, and of the ViT (their MLPs are 4x wider)."""
     layers: PositiveInt = 4
@@ -86,6 +90,8 @@ class ScenesClipConfig(Settings):
                     f"conv_depths ({self.conv_depths}) needs one entry per stage of "
                     f"conv_widths ({self.conv_widths})"
                 )
+            if self.conv_coords and self.conv_pool != "gated":
+                raise ValueError(f"conv_coords needs conv_pool gated, not {self.conv_pool!r}")
             if self.conv_pool == "attention" and self.conv_widths[-1] % self.conv_pool_heads:
                 raise ValueError(
                     f"conv_pool_heads ({self.conv_pool_heads}) must divide the last of "
@@ -144,6 +150,14 @@ class ClipTrainConfig(Settings):
     image vector predicts the centre of the objects of each colour and each shape, so it says
     where things are, which a relation needs (scenes datasets only; the head is not saved).
     Measured at weight 10: relations stay at chance (README)."""
+    relation_weight: NonNegativeFloat = 0.0
+    """Weight of the relation supervision (`finecap.clip.dense.RelationHead`): one classifier
+    over the shared embedding space reads which way each pair of colours (and of shapes) lies,
+    from the image embedding (the scene's relations) and from each description's and hard
+    negative's text embedding (the relations the text states), so a reversed relation is a
+    different text in the direction the image shows it (scenes datasets only; the head is not
+    saved). Measured at weight 8 with conv_coords, 10 epochs: relations stay at chance
+    (README)."""
     pair_weight: NonNegativeFloat = 0.0
     """Weight of a pairwise term for each hard negative: cross-entropy of the image choosing
     its true text over the same text with one fact changed (the probe's own question), beside

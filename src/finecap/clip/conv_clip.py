@@ -63,9 +63,10 @@ class GatedPool(nn.Module):
     more — most of what the image vector lacks, the grid lacks too.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, coords: bool = False) -> None:
         super().__init__()
         self.gate = nn.Conv2d(width, 1, kernel_size=1)
+        self.coords = CoordMix(width) if coords else None
 
     def gate_logits(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, C, g, g) -> (B, g*g) objectness logits, row-major."""
@@ -73,7 +74,32 @@ class GatedPool(nn.Module):
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         weights = torch.sigmoid(self.gate(grid))  # (B, 1, g, g)
+        if self.coords is not None:
+            grid = self.coords(grid)
         return (weights * grid).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1e-6)
+
+
+class CoordMix(nn.Module):
+    """Where each cell is, mixed into its features before pooling (CoordConv, Liu et al.
+    2018): grid + ReLU(1x1 conv of [grid, x, y]), x and y in [-1, 1]; (B, C, g, g) -> the same.
+
+    Why: a pooled average of convolutional features says what is in the image but hardly
+    where (a convolution is translation-equivariant), and a relation needs "the red object's
+    x". With the cell's coordinates beside its features, a channel can be "red, and how far
+    right", and the pool then keeps each colour's position.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(width + 2, width, kernel_size=1)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = grid.shape
+        ys = torch.linspace(-1, 1, h, device=grid.device, dtype=grid.dtype)
+        xs = torch.linspace(-1, 1, w, device=grid.device, dtype=grid.dtype)
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        where = torch.stack([x, y]).expand(b, 2, h, w)
+        return grid + torch.relu(self.mix(torch.cat([grid, where], dim=1)))
 
 
 POOLS = ("avg", "max", "attention", "gated")
@@ -86,7 +112,7 @@ def make_pool(config: ConvClipConfig) -> nn.Module:
         grid = vision.image_size // resnet_stride(len(vision.hidden_sizes))
         return AttentionPool(vision.hidden_size, grid, config.pool_heads)
     if config.pool == "gated":
-        return GatedPool(config.vision_config.hidden_size)
+        return GatedPool(config.vision_config.hidden_size, coords=config.pool_coords)
     pool = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}[config.pool](1)
     return nn.Sequential(pool, nn.Flatten(1))
 
@@ -97,15 +123,24 @@ class ConvClipConfig(VisionTextDualEncoderConfig):
     stage's grid becomes one vector, "avg" (ResNet's own), "max" (a small object's
     features are not averaged away by the background's), "attention" (CLIP's attention
     pooling, `pool_heads` heads) or "gated" (an average weighted by a learned objectness gate,
-    `GatedPool`)."""
+    `GatedPool`); `pool_coords`: the gated pool mixes each cell's coordinates into its
+    features first (`CoordMix`)."""
 
     model_type = MODEL_TYPE
 
-    def __init__(self, pool: str = "avg", pool_heads: int = 8, **kwargs) -> None:  # noqa: ANN003
+    def __init__(
+        self,
+        pool: str = "avg",
+        pool_heads: int = 8,
+        pool_coords: bool = False,
+        **kwargs,  # noqa: ANN003
+    ) -> None:
         super().__init__(**kwargs)
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)}, not {pool!r}")
-        self.pool, self.pool_heads = pool, pool_heads
+        if pool_coords and pool != "gated":
+            raise ValueError(f"pool_coords needs the gated pool, not {pool!r}")
+        self.pool, self.pool_heads, self.pool_coords = pool, pool_heads, pool_coords
 
 
 class ConvClipModel(VisionTextDualEncoderModel):

@@ -16,11 +16,17 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig
-from finecap.clip.dense import ATTRIBUTES, bag_labels, patch_labels, position_labels
+from finecap.clip.dense import (
+    ATTRIBUTES,
+    bag_labels,
+    patch_labels,
+    position_labels,
+    relation_labels,
+)
 from finecap.data.formats import CaptionCorpus, ImageRecord
 from finecap.data.images import load_image
-from finecap.scenes.changes import changed_texts, short_description
-from finecap.scenes.language import describe_scene, mirror_text
+from finecap.scenes.changes import changed_example, short_description
+from finecap.scenes.language import describe_scene, mirror_text, stated_relations
 from finecap.scenes.world import Scene, as_scene, mirror_scene
 
 
@@ -81,7 +87,9 @@ class ImageTextPairs(Dataset):
     epoch (`set_epoch`). The negative is "" when none was drawn (see `ClipTrainConfig`); the
     labels are {"patches": `finecap.clip.dense.patch_labels` (N, A) of a `grid` x `grid` patch
     layout, or (0, A) without `grid`; "bag": `finecap.clip.dense.bag_labels` (BAG_SIZE,);
-    "position": `finecap.clip.dense.position_labels` (K, 3)}."""
+    "position": `finecap.clip.dense.position_labels` (K, 3); "relation", "text_relation",
+    "negative_relation": `finecap.clip.dense.relation_labels` (R,) of the scene, of the
+    relations the text states and of those its hard negative states}."""
 
     def __init__(
         self,
@@ -123,12 +131,15 @@ class ImageTextPairs(Dataset):
             "patches": patches,
             "bag": bag_labels(truth),
             "position": position_labels(truth, side, (-dx, -dy)),  # no pixels: no shift
+            "relation": relation_labels(truth, truth.relations if truth else []),
         }
-        negative = ""
+        negative, said, said_by_negative = "", (None, []), (None, [])
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
-            text, negative = self._description(rng, scene, descriptions)
+            text, negative, said, said_by_negative = self._description(rng, scene, descriptions)
         else:
-            text = rng.choice(refs)
+            text = rng.choice(refs)  # a reference: what relations it states is not parsed
+        labels["text_relation"] = relation_labels(*said)
+        labels["negative_relation"] = relation_labels(*said_by_negative)
         if rng.random() < self.cfg.prompt_prob:
             text = CLIP_PROMPT + text
             negative = CLIP_PROMPT + negative if negative else ""
@@ -136,21 +147,38 @@ class ImageTextPairs(Dataset):
 
     def _description(
         self, rng: random.Random, scene: dict | Scene | None, descriptions: list[str]
-    ) -> tuple[str, str]:
-        """A detailed (or short) description and, maybe, its one-fact-changed negative."""
+    ) -> tuple[str, str, Said, Said]:
+        """A detailed (or short) description and, maybe, its one-fact-changed negative, with
+        the relations each states (a short text states none)."""
         register = "short" if scene and rng.random() < self.cfg.short_prob else "description"
         variant = rng.randrange(len(descriptions))
+        truth = scene and as_scene(scene)
+        said: Said = (truth, _relations_stated(truth, register, variant))
+        none: Said = (None, [])
         if scene is None or rng.random() >= self.cfg.hard_negative_prob:
             if register == "short":
-                return short_description(scene), ""
-            return descriptions[variant], ""
+                return short_description(scene), "", said, none
+            return descriptions[variant], "", said, none
         kinds = list(self.cfg.hard_negative_kinds)
         rng.shuffle(kinds)
         for kind in kinds:  # the first kind this scene can take in this register
-            texts = changed_texts(scene, kind, rng, register=register, variant=variant)
-            if texts is not None:
-                return texts
-        return (short_description(scene) if register == "short" else descriptions[variant]), ""
+            example = changed_example(scene, kind, rng, register=register, variant=variant)
+            if example is not None:
+                true, false, changed = example
+                return true, false, said, (changed, _relations_stated(changed, register, variant))
+        text = short_description(scene) if register == "short" else descriptions[variant]
+        return text, "", said, none
+
+
+# A scene and relations between its objects: the arguments of `relation_labels`.
+Said = tuple[Scene | None, list[tuple[int, str, int]]]
+
+
+def _relations_stated(scene: Scene | None, register: str, variant: int) -> list:
+    """The relations a text of `scene` in `register` states (`stated_relations`)."""
+    if scene is None or register == "short":
+        return []
+    return stated_relations(scene)[variant]
 
 
 def shift(pixels: torch.Tensor, dx: int, dy: int, most: int) -> torch.Tensor:

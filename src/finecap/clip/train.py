@@ -44,7 +44,14 @@ from transformers import (
 
 from finecap.clip.config import CLIP_PROMPT, ClipTrainConfig, ScenesClipConfig, resnet_stride
 from finecap.clip.data import ImageTextPairs, RecordPixels, descriptions_of, shift
-from finecap.clip.dense import IGNORE, BagHead, DenseHeads, PositionHead, objectness_loss
+from finecap.clip.dense import (
+    IGNORE,
+    BagHead,
+    DenseHeads,
+    PositionHead,
+    RelationHead,
+    objectness_loss,
+)
 from finecap.clip.tokenizer import learn_bpe_merges, save_tokenizer, train_bpe_tokenizer
 from finecap.data.formats import ImageRecord, load_corpus
 from finecap.io import atomic_write_text
@@ -131,6 +138,7 @@ def build_resnet_clip(cfg: ScenesClipConfig, text: CLIPTextConfig) -> PreTrained
         projection_dim=cfg.projection_dim,
         pool=cfg.conv_pool,
         pool_heads=cfg.conv_pool_heads,
+        pool_coords=cfg.conv_coords,
     )
     return ConvClipModel(config)
 
@@ -237,6 +245,8 @@ class ClipTask(L.LightningModule):
         self.dense = DenseHeads(width) if cfg.dense_weight > 0 else None
         self.bag = BagHead(width) if cfg.bag_weight > 0 else None
         self.position = PositionHead(width) if cfg.position_weight > 0 else None
+        shared = model.config.projection_dim  # the relation head reads both towers' embeddings
+        self.relation = RelationHead(shared) if cfg.relation_weight > 0 else None
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -272,6 +282,11 @@ class ClipTask(L.LightningModule):
             position = self.position.loss(vision.pooler_output, labels["position"])
             self.log("position", position, prog_bar=True, on_epoch=True, batch_size=batch_size)
             loss = loss + self.cfg.position_weight * position
+        if self.relation is not None:
+            relation = self._relation_loss(img, txt, neg, has_negative, labels)
+            if not relation.isnan():  # nan: no scene in the batch
+                self.log("relation", relation, prog_bar=True, on_epoch=True, batch_size=batch_size)
+                loss = loss + self.cfg.relation_weight * relation
         if self.cfg.pair_weight > 0 and len(neg):
             pair = pair_loss(img[has_negative], txt[has_negative], neg, self.model.logit_scale)
             self.log("pair", pair, prog_bar=True, on_epoch=True, batch_size=batch_size)
@@ -279,6 +294,23 @@ class ClipTask(L.LightningModule):
         self.log("loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size)
         self.log("scale", self.model.logit_scale.exp(), prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _relation_loss(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        neg: torch.Tensor,
+        has_negative: torch.Tensor,
+        labels: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """The relation head's mean cross-entropy over the image embeddings (B, P), the texts'
+        (B, P) and the hard negatives' (M, P), each against its own relation labels."""
+        terms = [
+            self.relation.loss(img, labels["relation"]),
+            self.relation.loss(txt, labels["text_relation"]),
+            self.relation.loss(neg, labels["negative_relation"][has_negative]),
+        ]
+        return torch.stack(terms).nanmean()
 
     def configure_optimizers(self):
         named = list(self.named_parameters())  # the CLIP and the dense heads, if any

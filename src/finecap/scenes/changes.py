@@ -138,6 +138,14 @@ def changed_texts(
     `register`: "description" (`describe_scene(...)[variant]`, every object and relation) or
     "short" (`short_description`: the salient object and the background).
     """
+    example = changed_example(scene, kind, rnd, register, variant)
+    return None if example is None else example[:2]
+
+
+def changed_example(
+    scene: Scene, kind: str, rnd: random.Random, register: str = "description", variant: int = 0
+) -> tuple[str, str, Scene] | None:
+    """`changed_texts` and the changed scene the false text describes."""
     scene = as_scene(scene)
     if register == "short":
         if kind not in SHORT_KINDS:
@@ -157,4 +165,4 @@ def changed_texts(
     if changed is None:
         return None
     true, false = text(scene), text(changed)
-    return (true, false) if true != false else None
+    return (true, false, changed) if true != false else None

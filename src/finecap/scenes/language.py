@@ -283,28 +283,44 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def stated_relations(scene: Scene) -> list[list[tuple[int, str, int]]]:
+    """The relations each of `describe_scene`'s descriptions states, in its order:
+    `(i, rel, j)` read "object i is <rel> object j".
+
+    The first relates every other object to the salient one (the directional relation); the
+    second relates left-to-right neighbours ("next to" when they are close).
+    """
+    objs = scene.objects
+    s = salient_object(scene)
+    others = [k for k in range(len(objs)) if k != s]
+    first = [(k, scene.relation_between(k, s)[0], s) for k in others]
+    by_x = sorted(range(len(objs)), key=lambda k: (objs[k].center[0], k))
+    second = [
+        (a, scene.relation_between(a, b)[-1], b) for a, b in zip(by_x, by_x[1:], strict=False)
+    ]
+    return [first, second]
+
+
 def describe_scene(scene: Scene) -> list[str]:
     """Two detailed descriptions in canonical words: every object, the relations, the place.
 
     The first lists the salient object first and relates every other object to it; the
-    second goes from left to right and relates neighbours.
+    second goes from left to right and relates neighbours (`stated_relations`).
     """
     objs = scene.objects
     s = salient_object(scene)
     place = BACKGROUND_CANONICAL[scene.background]
     order = [s] + [k for k in range(len(objs)) if k != s]
-    first = f"{_join([canonical_phrase(objs[k]) for k in order])} {place}."
-    for k in order[1:]:
-        rel = scene.relation_between(k, s)[0]
-        first += f" {short_name(objs[k])} is {rel} {short_name(objs[s])}."
     by_x = sorted(range(len(objs)), key=lambda k: (objs[k].center[0], k))
     noun = "object" if len(objs) == 1 else "objects"
+    first = f"{_join([canonical_phrase(objs[k]) for k in order])} {place}."
     second = f"{COUNT_WORDS[len(objs)]} {noun} {place}: "
     second += _join([canonical_phrase(objs[k]) for k in by_x]) + "."
-    for a, b in zip(by_x, by_x[1:], strict=False):
-        rel = scene.relation_between(a, b)[-1]  # prefer "next to" between neighbours
-        second += f" {short_name(objs[a])} is {rel} {short_name(objs[b])}."
-    return [fix_articles(first), fix_articles(second)]
+    texts = [first, second]
+    for n, relations in enumerate(stated_relations(scene)):
+        for a, rel, b in relations:
+            texts[n] += f" {short_name(objs[a])} is {rel} {short_name(objs[b])}."
+    return [fix_articles(t) for t in texts]
 
 
 # ---------------------------------------------------------------- FineCapEval
