@@ -296,17 +296,15 @@ def test_relation_head_reads_each_pair_as_a_difference_of_positions() -> None:
     embeds = F.normalize(torch.randn(3, 8), dim=-1)
     logits = head.logits(embeds)  # (B, K, 2)
     assert logits.shape == (3, len(RELATION_KEYS), 2)
-    k, back = (
-        RELATION_KEYS.index(("color", "red", "blue")),
-        RELATION_KEYS.index(("color", "blue", "red")),
-    )
-    torch.testing.assert_close(
-        logits[:, k], -logits[:, back]
-    )  # "red before blue" = not the reverse
-    # By hand: (where[red] - where[blue]) . e * sqrt(P), per axis.
+    # By hand: (where[a] - where[b]) . e * sqrt(P), per axis; the colours come first, then
+    # the shapes.
+    k = RELATION_KEYS.index(("color", "red", "blue"))
     red, blue = COLORS.index("red"), COLORS.index("blue")
     by_hand = (embeds * 8**0.5) @ (head.where[red] - head.where[blue]).T
     torch.testing.assert_close(logits[:, k], by_hand)
+    star, circle = len(COLORS) + SHAPES.index("star"), len(COLORS) + SHAPES.index("circle")
+    by_hand = (embeds * 8**0.5) @ (head.where[star] - head.where[circle]).T
+    torch.testing.assert_close(logits[:, RELATION_KEYS.index(("shape", "star", "circle"))], by_hand)
     labels = torch.full((3, len(RELATION_KEYS), 2), IGNORE)
     assert head.loss(embeds, labels).isnan()  # nothing known
     labels[0, k, 0] = 1
@@ -315,12 +313,25 @@ def test_relation_head_reads_each_pair_as_a_difference_of_positions() -> None:
 
 
 def test_stated_relations_are_the_descriptions_relation_sentences() -> None:
-    scene = two_object_scene()
-    for text, relations in zip(describe_scene(scene), stated_relations(scene), strict=True):
-        assert len(relations) == text.count(" is ")
-        for i, rel, j in relations:
-            a, b = scene.objects[i], scene.objects[j]
-            assert f"the {a.color} {a.shape} is {rel} the {b.color} {b.shape}." in text
+    objects = [
+        SceneObject("circle", "red", "large", "striped", (10, 30, 45, 65)),
+        SceneObject("star", "blue", "small", "plain", (50, 35, 68, 53)),
+        SceneObject("heart", "yellow", "small", "dotted", (52, 70, 70, 88)),
+    ]
+    scene = Scene("grass", objects, compute_relations(objects, 96))
+    assert stated_relations(scene) == [
+        [(1, "right of", 0), (2, "right of", 0)],  # each object to the salient circle
+        [(0, "next to", 1), (1, "above", 2)],  # left-to-right neighbours, "next to" first
+    ]
+    # The texts, as describe_scene wrote them before it read them from stated_relations.
+    assert describe_scene(scene) == [
+        "a large red striped circle, a small blue plain star and a small yellow dotted heart on"
+        " grass. the blue star is right of the red circle. the yellow heart is right of the red"
+        " circle.",
+        "three objects on grass: a large red striped circle, a small blue plain star and a small"
+        " yellow dotted heart. the red circle is next to the blue star. the blue star is above"
+        " the yellow heart.",
+    ]
 
 
 def test_training_texts_carry_the_relations_they_state(world: Path) -> None:
@@ -328,7 +339,7 @@ def test_training_texts_carry_the_relations_they_state(world: Path) -> None:
     records = [r for r in corpus.split("train") if len(r.extra["scene"]["objects"]) >= 2]
     cfg = ClipTrainConfig(
         description_prob=1.0, hard_negative_prob=1.0, prompt_prob=0.0,
-        hard_negative_kinds=["relation"],
+        hard_negative_kinds=["relation"], relation_weight=1.0,
     )  # fmt: skip
     data = ImageTextPairs([None] * len(records), records, cfg)
     reversed_pairs = 0
@@ -338,14 +349,17 @@ def test_training_texts_carry_the_relations_they_state(world: Path) -> None:
             said(labels[k]) for k in ("relation", "text_relation", "negative_relation")
         )
         # What the text states is true (a pair the whole scene contradicts may be one in it).
-        assert stated or " is next to " in text  # "next to" says no direction
+        # Every description states a direction but a neighbours' one of "next to"s only.
+        assert stated or " is next to " in text
         # What the text states, the scene never contradicts.
         assert not {(k, INVERSE_RELATION[rel]) for k, rel in stated} & truth
         if negative and " is next to " not in text:
-            # One relation reversed: what the negative states differently, the text states
-            # the other way round.
+            # One relation reversed: of the pairs both texts state, the negative states some
+            # the other way round and none in a third way.
             assert negated != stated
-            assert all((k, INVERSE_RELATION[rel]) in stated for k, rel in negated - stated)
+            known = {k for k, _ in stated} & {k for k, _ in negated}
+            turned = {(k, rel) for k, rel in negated - stated if k in known}
+            assert turned and all((k, INVERSE_RELATION[rel]) in stated for k, rel in turned)
             reversed_pairs += 1
     assert reversed_pairs
     # References and short texts state no relation.
@@ -353,6 +367,9 @@ def test_training_texts_carry_the_relations_they_state(world: Path) -> None:
     assert all(not said(refs[i][3]["text_relation"]) for i in range(len(records)))
     short = ImageTextPairs([None] * len(records), records, cfg.replace(short_prob=1.0))
     assert all(not said(short[i][3]["text_relation"]) for i in range(len(records)))
+    # Without a relation term, no labels are made.
+    off = ImageTextPairs([None] * len(records), records, cfg.replace(relation_weight=0.0))
+    assert all(not said(off[i][3]["relation"]) for i in range(len(records)))
 
 
 def test_pair_loss_is_the_two_way_choice_of_true_text_over_its_negative() -> None:

@@ -240,6 +240,7 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     assert task.bag.head.weight.grad.abs().sum() > 0
     assert task.position.head.weight.grad.abs().sum() > 0
     assert task.relation.where.grad.abs().sum() > 0
+    assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
     # The relation term alone reaches both towers (the head is shared by image and text).
     model.zero_grad()
     only = ClipTask(model, tokenizer, cfg, 1e-3)
@@ -253,7 +254,6 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     only._relation_loss(img, texts, negatives, has_negative, batch[3]).backward()
     assert model.text_projection.weight.grad.abs().sum() > 0
     assert model.visual_projection.weight.grad.abs().sum() > 0
-    assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
     # End to end: trained, saved, loaded with its gate.
     result = train_clip(world, tmp_path / "gated", arch, cfg)
     assert isinstance(load_clip(tmp_path / "gated").model.vision_model.pooler, GatedPool)
@@ -357,6 +357,13 @@ def test_gated_pool_with_coordinates_sees_where_things_are_and_round_trips(tmp_p
     torch.testing.assert_close(plain(moved), plain(grid))
     assert (pool(moved) - pool(grid)).abs().max() > 1e-3
     assert_pool_round_trips(model, GatedPool, tmp_path)
+    # A model saved before the option existed (no pool_coords in its config) loads without it.
+    from transformers import AutoModel
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["pool_coords"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert AutoModel.from_pretrained(tmp_path).vision_model.pooler.coords is None
     with pytest.raises(ValueError, match=r"conv_coords needs conv_pool gated"):
         ScenesClipConfig(**{**TINY_CONV.model_dump(), "conv_coords": True})
 

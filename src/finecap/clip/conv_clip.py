@@ -63,10 +63,10 @@ class GatedPool(nn.Module):
     more — most of what the image vector lacks, the grid lacks too.
     """
 
-    def __init__(self, width: int, coords: bool = False) -> None:
+    def __init__(self, width: int, coords: CoordMix | None = None) -> None:
         super().__init__()
         self.gate = nn.Conv2d(width, 1, kernel_size=1)
-        self.coords = CoordMix(width) if coords else None
+        self.coords = coords  # where each cell is, mixed in before pooling
 
     def gate_logits(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, C, g, g) -> (B, g*g) objectness logits, row-major."""
@@ -112,7 +112,8 @@ def make_pool(config: ConvClipConfig) -> nn.Module:
         grid = vision.image_size // resnet_stride(len(vision.hidden_sizes))
         return AttentionPool(vision.hidden_size, grid, config.pool_heads)
     if config.pool == "gated":
-        return GatedPool(config.vision_config.hidden_size, coords=config.pool_coords)
+        width = config.vision_config.hidden_size
+        return GatedPool(width, CoordMix(width) if config.pool_coords else None)
     pool = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}[config.pool](1)
     return nn.Sequential(pool, nn.Flatten(1))
 

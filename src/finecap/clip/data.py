@@ -10,6 +10,7 @@ supervision (`finecap.clip.dense`).
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,14 +83,33 @@ def descriptions_of(record: ImageRecord) -> list[str]:
     return [d for d in record.extra.get("descriptions", []) if d]
 
 
+Relations = list[tuple[int, str, int]]
+Said = tuple[Scene | None, Relations]
+"""A scene and relations between its objects: the arguments of `relation_labels`."""
+NOTHING_SAID: Said = (None, [])
+
+
+class DrawnText(NamedTuple):
+    """A training text, its hard negative ("" when none) and the relations each states."""
+
+    text: str
+    negative: str = ""
+    said: Said = NOTHING_SAID
+    said_by_negative: Said = NOTHING_SAID
+
+
 class ImageTextPairs(Dataset):
     """One (pixels, text, hard negative, labels) per image; the texts are re-drawn every
     epoch (`set_epoch`). The negative is "" when none was drawn (see `ClipTrainConfig`); the
     labels are {"patches": `finecap.clip.dense.patch_labels` (N, A) of a `grid` x `grid` patch
     layout, or (0, A) without `grid`; "bag": `finecap.clip.dense.bag_labels` (BAG_SIZE,);
     "position": `finecap.clip.dense.position_labels` (K, 3); "relation", "text_relation",
-    "negative_relation": `finecap.clip.dense.relation_labels` (R,) of the scene, of the
-    relations the text states and of those its hard negative states}."""
+    "negative_relation": `finecap.clip.dense.relation_labels` (R, 2) of the scene, of the
+    relations the text states and of those its hard negative states, all IGNORE unless
+    `cfg.relation_weight`}.
+
+    With a scene, the descriptions are `describe_scene`'s of it (what the dataset stores, for
+    a world this code wrote), so each text is the one its relation labels are for."""
 
     def __init__(
         self,
@@ -123,6 +143,8 @@ class ImageTextPairs(Dataset):
             dx, dy = rng.randint(-most, most), rng.randint(-most, most)
             pixels = shift(pixels, dx, dy, most)
         truth = scene and as_scene(scene)  # None without a scene
+        if truth and descriptions:
+            descriptions = describe_scene(truth)
         patches = torch.empty(0, len(ATTRIBUTES), dtype=torch.long)
         if self.grid is not None:
             patches = patch_labels(truth, self.grid, pixels.shape[-1], (-dx, -dy))
@@ -131,50 +153,48 @@ class ImageTextPairs(Dataset):
             "patches": patches,
             "bag": bag_labels(truth),
             "position": position_labels(truth, side, (-dx, -dy)),  # no pixels: no shift
-            "relation": relation_labels(truth, truth.relations if truth else []),
+            "relation": self._relation_labels((truth, truth.relations if truth else [])),
         }
-        negative, said, said_by_negative = "", (None, []), (None, [])
         if descriptions and (not refs or rng.random() < self.cfg.description_prob):
-            text, negative, said, said_by_negative = self._description(rng, scene, descriptions)
-        else:
-            text = rng.choice(refs)  # a reference: what relations it states is not parsed
-        labels["text_relation"] = relation_labels(*said)
-        labels["negative_relation"] = relation_labels(*said_by_negative)
+            text, negative, said, said_by_negative = self._description(rng, truth, descriptions)
+        else:  # a reference: what relations it states is not parsed
+            text, negative, said, said_by_negative = DrawnText(rng.choice(refs))
+        labels["text_relation"] = self._relation_labels(said)
+        labels["negative_relation"] = self._relation_labels(said_by_negative)
         if rng.random() < self.cfg.prompt_prob:
             text = CLIP_PROMPT + text
             negative = CLIP_PROMPT + negative if negative else ""
         return pixels, text, negative, labels
 
+    def _relation_labels(self, said: Said):  # noqa: ANN202
+        """`relation_labels` of `said`; all IGNORE when no relation term is trained."""
+        return relation_labels(*(said if self.cfg.relation_weight > 0 else NOTHING_SAID))
+
     def _description(
-        self, rng: random.Random, scene: dict | Scene | None, descriptions: list[str]
-    ) -> tuple[str, str, Said, Said]:
+        self, rng: random.Random, scene: Scene | None, descriptions: list[str]
+    ) -> DrawnText:
         """A detailed (or short) description and, maybe, its one-fact-changed negative, with
         the relations each states (a short text states none)."""
         register = "short" if scene and rng.random() < self.cfg.short_prob else "description"
         variant = rng.randrange(len(descriptions))
-        truth = scene and as_scene(scene)
-        said: Said = (truth, _relations_stated(truth, register, variant))
-        none: Said = (None, [])
+        said: Said = (scene, _relations_stated(scene, register, variant))
         if scene is None or rng.random() >= self.cfg.hard_negative_prob:
             if register == "short":
-                return short_description(scene), "", said, none
-            return descriptions[variant], "", said, none
+                return DrawnText(short_description(scene), said=said)
+            return DrawnText(descriptions[variant], said=said)
         kinds = list(self.cfg.hard_negative_kinds)
         rng.shuffle(kinds)
         for kind in kinds:  # the first kind this scene can take in this register
             example = changed_example(scene, kind, rng, register=register, variant=variant)
             if example is not None:
                 true, false, changed = example
-                return true, false, said, (changed, _relations_stated(changed, register, variant))
+                said_by_negative = (changed, _relations_stated(changed, register, variant))
+                return DrawnText(true, false, said, said_by_negative)
         text = short_description(scene) if register == "short" else descriptions[variant]
-        return text, "", said, none
+        return DrawnText(text, said=said)
 
 
-# A scene and relations between its objects: the arguments of `relation_labels`.
-Said = tuple[Scene | None, list[tuple[int, str, int]]]
-
-
-def _relations_stated(scene: Scene | None, register: str, variant: int) -> list:
+def _relations_stated(scene: Scene | None, register: str, variant: int) -> Relations:
     """The relations a text of `scene` in `register` states (`stated_relations`)."""
     if scene is None or register == "short":
         return []

@@ -28,16 +28,18 @@ regression (`ClipTrainConfig.position_weight`), so that "the pink star is above 
 circle" can be a linear function of the image vector. Measured (README, "What the scenes CLIP
 sees"): the head learns the centres, but relations stay at chance — it does not break the tie.
 
-The relation head breaks it from both sides at once. One read-out over the *shared* embedding
-space says, for each ordered pair of colours and of shapes, which way the first lies from the
-second (left of, right of, above, below; `relation_labels`, `RelationHead`). It is trained on the
-image embedding with the scene's relations and on each description's (and hard negative's) text
-embedding with the relations that text states, so "the pink star is above the brown circle"
-and "... below ..." must differ along the same directions in which the image says where
-things are (`ClipTrainConfig.relation_weight`). Measured (README): in 10 epochs it does not
-break the tie either — its loss hardly leaves chance, and relations stay at 53-55 %.
+The relation head is meant to break it from both sides at once. One read-out over the
+*shared* embedding space says, for each ordered pair of colours and of shapes, which way the
+first lies from the second (left of, right of, above, below; `relation_labels`,
+`RelationHead`). It is trained on the image embedding with the scene's relations and on each
+description's (and hard negative's) text embedding with the relations that text states, so
+"the pink star is above the brown circle" and "... below ..." must differ along the same
+directions in which the image says where things are (`ClipTrainConfig.relation_weight`).
+Measured (README): in 10 epochs it does not break the tie either — its loss hardly leaves
+chance, and relations stay at 53-55 %.
 
-Dimension letters: B images, N patches (grid x grid), H vision width, A attributes (4).
+Dimension letters: B images, N patches (grid x grid), H vision width, A attributes (4), P the
+shared embedding width, K relation keys (ordered pairs), I colours and shapes.
 """
 
 from __future__ import annotations
