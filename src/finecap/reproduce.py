@@ -117,10 +117,11 @@ class ReproduceSettings(Settings):
 # the README's probe table: a ResNet image tower (`finecap.clip.conv_clip`) with an
 # objectness-gated pool, NegCLIP hard negatives for every description with a pairwise term
 # for each, 30 % short texts and dense scene supervision at weight 8, lr 1e-3, batches of 64
-# images. The run fits the 45 minutes on 2 cores by training shorter than each recipe's own
-# schedule (the 653bc29 run, with the longer ones, took 63 min): the CLIP 8 epochs (10 in the
-# probe table), the grammar head 2 (6 by default; CLIP -> grammar head -> CLIP-S+Grammar is
-# the run's longest chain) and every SCST row 1 epoch (2 in scst_scenes_base.yaml).
+# images. The run fits the 45 minutes on 2 cores (40.1 min measured, BENCHMARKS.md) by
+# training shorter than each recipe's own schedule (the 653bc29 run, with the longer ones,
+# took 63 min): the CLIP 8 epochs (10 in the probe table), the grammar head 2 (6 by default;
+# CLIP -> grammar head -> CLIP-S+Grammar is the run's longest chain) and every SCST row
+# 1 epoch (2 in scst_scenes_base.yaml).
 SCENES_CLIP = ClipTrainConfig(
     epochs=8,
     batch_size=64,
