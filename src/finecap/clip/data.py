@@ -104,9 +104,9 @@ class ImageTextPairs(Dataset):
     labels are {"patches": `finecap.clip.dense.patch_labels` (N, A) of a `grid` x `grid` patch
     layout, or (0, A) without `grid`; "bag": `finecap.clip.dense.bag_labels` (BAG_SIZE,);
     "position": `finecap.clip.dense.position_labels` (K, 3); "relation", "text_relation",
-    "negative_relation": `finecap.clip.dense.relation_labels` (R, 2) of the scene, of the
-    relations the text states and of those its hard negative states, all IGNORE unless
-    `cfg.relation_weight`}.
+    "negative_relation": `finecap.clip.dense.relation_labels` (len(RELATION_KEYS), 2) of the
+    scene, of the relations the text states and of those its hard negative states, all IGNORE
+    unless `cfg.relation_weight`}.
 
     With a scene, the descriptions are `describe_scene`'s of it (what the dataset stores, for
     a world this code wrote), so each text is the one its relation labels are for."""
@@ -166,7 +166,7 @@ class ImageTextPairs(Dataset):
             negative = CLIP_PROMPT + negative if negative else ""
         return pixels, text, negative, labels
 
-    def _relation_labels(self, said: Said):  # noqa: ANN202
+    def _relation_labels(self, said: Said) -> torch.Tensor:
         """`relation_labels` of `said`; all IGNORE when no relation term is trained."""
         return relation_labels(*(said if self.cfg.relation_weight > 0 else NOTHING_SAID))
 

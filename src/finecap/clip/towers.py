@@ -30,12 +30,16 @@ def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> PreTra
     first EOS position (any id but the legacy value 2).
     """
     assert tokenizer.eos_token_id != 2, "id 2 selects HF CLIP's legacy argmax pooling"
-    text = dict(
-        vocab_size=len(tokenizer),
+    # The text tower's size, and the ViT's: both are cfg.layers blocks of width cfg.hidden.
+    transformer = dict(
         hidden_size=cfg.hidden,
         intermediate_size=4 * cfg.hidden,
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
+    )
+    text = dict(
+        **transformer,
+        vocab_size=len(tokenizer),
         max_position_embeddings=cfg.max_text_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -43,14 +47,7 @@ def build_scenes_clip(cfg: ScenesClipConfig, tokenizer: CLIPTokenizer) -> PreTra
     )
     if cfg.tower == "resnet":
         return build_resnet_clip(cfg, CLIPTextConfig(**text))
-    vision = dict(
-        hidden_size=cfg.hidden,
-        intermediate_size=4 * cfg.hidden,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-    )
+    vision = dict(**transformer, image_size=cfg.image_size, patch_size=cfg.patch_size)
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
     return CLIPModel(config)
 
