@@ -361,8 +361,8 @@ def test_the_bundled_model_says_what_it_is(capsys) -> None:
     assert main(["caption", str(example)]) == 0
     err = capsys.readouterr().err
     assert (
-        "using the bundled default model (SCST 2 × clip_s + 1 × cider, synthetic scenes world"
-        " only)" in err
+        "using the bundled default model (SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on"
+        " ground truth, synthetic scenes world only)" in err
     )
     assert main(["caption", str(example), "--model", "mle"]) == 0
     err = capsys.readouterr().err

@@ -45,6 +45,34 @@ def test_every_shipped_recipe_loads(path: Path) -> None:
     assert config.optim.max_epochs > 0
 
 
+def test_the_card_says_when_a_run_learned_from_the_ground_truth_too(world: Path) -> None:
+    """RL on the ground-truth captions changes what a model learned from: its facts, its card
+    and its one-line description say so; a run without it says nothing of it."""
+    from finecap.model_card import describe, render_card, training_facts
+
+    names = [p.stem for p in CONFIGS]
+    recipe = CONFIGS[names.index("scst_scenes_default")]
+    # An SCST recipe takes its model from --init; training fills it in before the card.
+    model = load_config(CONFIGS[names.index("scenes_transformer")]).model
+    corpus = load_corpus(world)
+    config = load_config(recipe, [f"data.dataset={world}"]).model_copy(update={"model": model})
+    facts = training_facts(config, corpus, 40, 100)
+    assert facts["recipe"]["gt_weight"] == 1.0
+    assert facts["recipe"]["gt_weighting"] == "clamp_advantage"
+    card = render_card(facts)
+    assert "plus 1 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
+    assert "clamp_advantage)" in card
+    assert describe(facts).startswith(
+        "SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on ground truth"
+    )
+    plain = load_config(recipe, [f"data.dataset={world}", "scst.gt_weight=0"])
+    plain = plain.model_copy(update={"model": model})
+    plain_facts = training_facts(plain, corpus, 40, 100)
+    assert "gt_weight" not in plain_facts["recipe"]
+    assert "ground-truth" not in render_card(plain_facts)
+    assert "ground truth" not in describe(plain_facts)
+
+
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {dataset: x.json}\noptim: {learning_rate: 0.1}\n")

@@ -42,10 +42,18 @@ def training_facts(config: Any, corpus: Any, n_train: int, vocab_size: int) -> d
             "decoder": config.model.decoder.name,
             "rewards": rewards,
             "baseline": scst.baseline if scst else None,
+            **ground_truth_facts(scst),
             "max_epochs": config.optim.max_epochs,
             "seed": config.seed,
         },
     }
+
+
+def ground_truth_facts(scst: Any) -> dict:
+    """Chaffin et al.'s RL on ground-truth captions, when the run used it: its weight and rule."""
+    if scst is None or not scst.gt_weight:
+        return {}
+    return {"gt_weight": scst.gt_weight, "gt_weighting": scst.gt_weighting}
 
 
 def _rewards_text(rewards: list[Mapping]) -> str:
@@ -61,6 +69,11 @@ def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
     if task == "scst":
         how = f"self-critical RL (SCST), reward {_rewards_text(recipe.get('rewards', []))}"
         how += f", baseline {recipe.get('baseline')}"
+        if recipe.get("gt_weight"):
+            how += (
+                f"; plus {recipe['gt_weight']:g} × RL on the ground-truth captions "
+                f"(Chaffin et al., weighted by {recipe.get('gt_weighting')})"
+            )
     lines = [f"# {title or 'finecap captioner'}", ""]
     if data.get("synthetic_scenes"):
         lines += [SCENES_WARNING, ""]
@@ -119,6 +132,8 @@ def describe(facts: Mapping[str, Any]) -> str:
     recipe, data = facts.get("recipe") or {}, facts.get("dataset") or {}
     task = recipe.get("task") or facts.get("task") or "?"
     what = task.upper() if task == "mle" else f"SCST {_rewards_text(recipe.get('rewards', []))}"
+    if recipe.get("gt_weight"):
+        what += " + RL on ground truth"
     if task not in ("mle", "scst"):  # e.g. "pretrained blip": a Hugging Face captioner as is
         what = task
     if data.get("synthetic_scenes"):
