@@ -49,7 +49,8 @@ PRECISIONS = {
 
 
 def make_step(dataset: str, batch_size: int):  # noqa: ANN201 (a closure)
-    """A function running one training step's forward and backward passes; and the model."""
+    """A function timing one training step's forward and backward passes (given which towers
+    run in bfloat16), and the number of texts in its batch."""
     corpus = load_corpus(dataset)
     records = corpus.split("train")[:512]
     arch = ScenesClipConfig(tower="resnet", conv_pool="gated", conv_coords=True)

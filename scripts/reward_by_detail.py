@@ -5,7 +5,8 @@ true, canonical words) — scored by the SCST rewards as training calls them: CL
 of 25 images, no pool, no neighbours: the `scst_scenes_contrastive_samples` setting), and
 text-to-image R@1 over the images scored.
 
-A reward under which a true detail lowers the score teaches a captioner to leave it out.
+A reward under which a true detail lowers the score teaches a captioner to leave it out. A
+plain object's "+ pattern" caption is its "+ size" one (captions do not say "plain").
 
     python scripts/reward_by_detail.py --dataset DIR/scenes/dataset.json --clip DIR/clip
 """
