@@ -18,6 +18,7 @@ from tests.helpers.tiny_models import make_tiny_clip
 
 from finecap.captioner import Captioner
 from finecap.clip import ClipEmbedder, load_clip
+from finecap.config import ConfigError
 from finecap.models import ModelConfig
 from finecap.rewards import RewardBatch, TrainingImages, create_reward
 from finecap.rewards.clip_rewards import ClipScorer
@@ -252,6 +253,14 @@ def _recipe(name: str, world: Path, clip: Path, discriminator: Path, out: Path, 
 
 
 def _one_step(config, mle: Path) -> tuple[SCSTTask, torch.Tensor]:  # noqa: ANN001
+    task, batch = _task_and_batch(config, mle)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer
+        loss = task.training_step(batch, 0)
+    return task, loss
+
+
+def _task_and_batch(config, mle: Path):  # noqa: ANN001, ANN202
     from finecap.train.run import resolve_model
 
     config, initial = resolve_model(config, mle)
@@ -262,11 +271,7 @@ def _one_step(config, mle: Path) -> tuple[SCSTTask, torch.Tensor]:  # noqa: ANN0
     data.cache_side = encoder.input_side
     data.setup("fit")
     task.reward.prepare(training_images(data.train_set))  # what on_fit_start does
-    batch = next(iter(data.train_dataloader()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # self.log without a Trainer
-        loss = task.training_step(batch, 0)
-    return task, loss
+    return task, next(iter(data.train_dataloader()))
 
 
 @pytest.mark.parametrize("name", CONTRASTIVE_RECIPES)
@@ -343,3 +348,44 @@ def test_contrastive_disc_recipe_trains_end_to_end(
     folder = train(config, init=mle)
     assert "32 training images indexed for neighbours [3, 4]" in capsys.readouterr().out
     assert Captioner.from_pretrained(folder).caption(_images(1)[0]).text is not None
+
+
+def test_rl_on_ground_truth_can_learn_from_the_descriptions_only(
+    world: Path, clip_folder: Path, discriminator: Path, mle: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    """`scst.gt_texts: learned`: the references still come in the batch (CIDEr-D reads
+    them), but only the `data.learn_from` texts are ground-truth trajectories."""
+    import finecap.train.scst as scst
+
+    weights: list[torch.Tensor] = []
+
+    def recorded(logprobs, mask, advantage):  # noqa: ANN001, ANN202
+        weights.append(advantage.detach())
+        return scst_loss(logprobs, mask, advantage)
+
+    scst_loss = scst.policy_gradient_loss
+    monkeypatch.setattr(scst, "policy_gradient_loss", recorded)
+    terms = f"scst.rewards=[{{name: contrastive, weight: 1, clip: {clip_folder}}}]"
+    learn = ["data.learn_from=descriptions", "scst.gt_weighting=reward", terms]
+    gt = {}
+    for texts in ("all", "learned"):
+        config = _recipe(
+            "scst_scenes_default",
+            *(world, clip_folder, discriminator, tmp_path / texts),
+            *learn,
+            f"scst.gt_texts={texts}",
+        )
+        torch.manual_seed(0)
+        task, batch = _task_and_batch(config, mle)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            task.training_step(batch, 0)
+        gt[texts] = weights[-1]  # the second call: the ground-truth loss's weights
+    learned = batch.learned
+    assert learned.any() and not learned.all()  # both kinds in the batch
+    assert (gt["all"][~learned] != 0).all()  # every reference weighted by its reward ...
+    assert (gt["learned"][~learned] == 0).all()  # ... or not at all
+    assert torch.equal(gt["learned"][learned], gt["all"][learned])
+    with pytest.raises(ConfigError, match="data.learn_from is not set"):
+        _recipe("scst_scenes_default", world, clip_folder, discriminator, tmp_path / "x",
+                terms, "scst.gt_texts=learned", "data.learn_from=null")  # fmt: skip

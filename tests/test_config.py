@@ -23,14 +23,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RECIPE = "scenes_transformer"  # a shipped recipe, by name
 README_CAPTIONS = {  # `finecap caption examples/` [--model mle], as the README shows
     "default": [
-        "there is a red hexagon on the beach",
-        "a red hexagon on the sand",
-        "a picture of a red ball on the grass",
-        "there is a black triangle on the grass",
-        "a black triangle in the sky",
-        "a black diamond shape on a brick wall",
-        "a purple star on the wood floor",
-        "there is a green ball on a wooden floor",
+        "a large red hexagon on sand",
+        "a large red hexagon on sand",
+        "a small red circle on grass",
+        "a large red striped circle on grass",
+        "a small pink square against the sky",
+        "a small black dotted diamond and a small green diamond against a red brick wall",
+        "a small purple star on a wooden floor",
+        "a large green circle on a wooden floor",
     ],
     "mle": [
         "there is a red hexagon",

@@ -57,13 +57,15 @@ def test_the_card_says_when_a_run_learned_from_the_ground_truth_too(world: Path)
     corpus = load_corpus(world)
     config = load_config(recipe, [f"data.dataset={world}"]).model_copy(update={"model": model})
     facts = training_facts(config, corpus, 40, 100)
-    assert facts["recipe"]["gt_weight"] == 1.0
+    assert facts["recipe"]["gt_weight"] == 4.0
     assert facts["recipe"]["gt_weighting"] == "clamp_advantage"
+    assert facts["recipe"]["gt_texts"] == "learned"
+    assert facts["recipe"]["learn_from"] == "descriptions"
     card = render_card(facts)
-    assert "plus 1 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
-    assert "clamp_advantage)" in card
+    assert "plus 4 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
+    assert "clamp_advantage), the ground truth being the dataset's `descriptions`" in card
     assert describe(facts).startswith(
-        "SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on ground truth"
+        "SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on ground truth (descriptions)"
     )
     plain = load_config(recipe, [f"data.dataset={world}", "scst.gt_weight=0"])
     plain = plain.model_copy(update={"model": model})

@@ -43,6 +43,7 @@ def training_facts(config: Any, corpus: Any, n_train: int, vocab_size: int) -> d
             "rewards": rewards,
             "baseline": scst.baseline if scst else None,
             **ground_truth_facts(scst),
+            **({"learn_from": config.data.learn_from} if config.data.learn_from else {}),
             "max_epochs": config.optim.max_epochs,
             "seed": config.seed,
         },
@@ -53,7 +54,11 @@ def ground_truth_facts(scst: Any) -> dict:
     """Chaffin et al.'s RL on ground-truth captions, when the run used it: its weight and rule."""
     if scst is None or not scst.gt_weight:
         return {}
-    return {"gt_weight": scst.gt_weight, "gt_weighting": scst.gt_weighting}
+    return {
+        "gt_weight": scst.gt_weight,
+        "gt_weighting": scst.gt_weighting,
+        "gt_texts": scst.gt_texts,
+    }
 
 
 def _rewards_text(rewards: list[Mapping]) -> str:
@@ -74,6 +79,10 @@ def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
                 f"; plus {recipe['gt_weight']:g} × RL on the ground-truth captions "
                 f"(Chaffin et al., weighted by {recipe.get('gt_weighting')})"
             )
+            if recipe.get("gt_texts") == "learned":
+                how += f", the ground truth being the dataset's `{recipe.get('learn_from')}`"
+    if recipe.get("learn_from") and recipe.get("gt_texts") != "learned":
+        how += f"; the dataset's `{recipe['learn_from']}` learned beside the captions"
     lines = [f"# {title or 'finecap captioner'}", ""]
     if data.get("synthetic_scenes"):
         lines += [SCENES_WARNING, ""]
@@ -134,6 +143,8 @@ def describe(facts: Mapping[str, Any]) -> str:
     what = task.upper() if task == "mle" else f"SCST {_rewards_text(recipe.get('rewards', []))}"
     if recipe.get("gt_weight"):
         what += " + RL on ground truth"
+        if recipe.get("gt_texts") == "learned":
+            what += f" ({recipe.get('learn_from')})"
     if task not in ("mle", "scst"):  # e.g. "pretrained blip": a Hugging Face captioner as is
         what = task
     if data.get("synthetic_scenes"):

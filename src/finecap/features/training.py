@@ -18,7 +18,13 @@ from finecap.data.formats import CaptionCorpus, ImageRecord
 from finecap.data.vocab import Vocab
 from finecap.features.store import FeatureStore, StoreError, torch_rows
 from finecap.train.config import DataConfig
-from finecap.train.data import CaptionBatch, encode_captions, sample_captions
+from finecap.train.data import (
+    CaptionBatch,
+    encode_captions,
+    learned_mask,
+    sample_captions,
+    texts_to_learn,
+)
 
 
 class StoredImages(Dataset):
@@ -40,7 +46,8 @@ def make_stored_collate(
 ) -> Callable[[list], CaptionBatch]:
     def collate(items: list[tuple[torch.Tensor, ImageRecord]]) -> CaptionBatch:
         records = [record for _, record in items]
-        captions = sample_captions(records, config.captions_per_image, rng)
+        texts = [texts_to_learn(r, config, vocab) for r in records]
+        captions = sample_captions(texts, config.captions_per_image, rng)
         return CaptionBatch(
             pixels=None,
             tokens=encode_captions(vocab, captions, config.max_len),
@@ -48,6 +55,7 @@ def make_stored_collate(
             references=[r.captions for r in records],
             images=None,
             regions=torch.stack([regions for regions, _ in items]),  # (B, R, D)
+            learned=learned_mask(records, captions),
         )
 
     return collate

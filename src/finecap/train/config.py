@@ -56,6 +56,12 @@ class DataConfig(Settings):
     """Words seen fewer times in the training captions become <unk> (5 for COCO)."""
     max_len: PositiveInt = 20
     """Training captions are cut to this many words (at most model.decoder.max_len)."""
+    learn_from: str | None = None
+    """A dataset entry key whose texts join each training image's captions as texts to learn
+    from (MLE targets, SCST's ground-truth trajectories), e.g. `descriptions` on scenes
+    datasets: the first sentence of each, if it fits in max_len words, without the words the
+    vocabulary lacks. They are not references: CIDEr-D rewards and validation use the
+    captions only. None: the captions alone."""
     captions_per_image: PositiveInt = 5
     """Captions decoded per encoded image in a batch (each image is encoded once)."""
     batch_size: PositiveInt = 32
@@ -151,6 +157,11 @@ class SCSTConfig(Settings):
     `clamp_advantage`, max(0, r_gt - mean reward of the image's policy captions) (finecap's
     earlier rule: only references that beat the policy count). See finecap.train.scst."""
 
+    gt_texts: Literal["all", "learned"] = "all"
+    """The training texts RL on ground truth takes as trajectories: `all` of the batch's, or
+    only the `learned` ones, the `data.learn_from` texts (e.g. the scenes world's detailed
+    descriptions), so the references stay what CIDEr-D is measured against and no more."""
+
     NAMED_FIELDS: ClassVar[dict] = {"rewards": reward_config_class}
 
     @model_validator(mode="after")
@@ -236,6 +247,11 @@ class TrainConfig(Settings):
                 term.dataset = self.data.dataset  # CIDEr-D over this recipe's training data
             if isinstance(term, ClipRewardConfig) and term.features is None:
                 term.features = self.data.features  # the batches hold no images then
+        if self.scst and self.scst.gt_texts == "learned" and self.data.learn_from is None:
+            raise ValueError(
+                "scst.gt_texts: learned takes the data.learn_from texts, but data.learn_from "
+                "is not set"
+            )
         if self.model is not None:
             check_lengths(self)
         return self

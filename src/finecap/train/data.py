@@ -28,7 +28,7 @@ from finecap.data.formats import (
     load_corpus,
 )
 from finecap.data.images import ImageLoadError, check_image, load_image, shrink
-from finecap.data.vocab import Vocab
+from finecap.data.vocab import Vocab, simple_tokenize
 from finecap.train.config import DataConfig
 
 
@@ -40,6 +40,7 @@ class CaptionBatch:
     references: list[list[str]]  # (B,) raw reference captions of each image
     images: list[Image.Image] | None  # (B,) RGB images (CLIP rewards embed them once, by id)
     regions: Tensor | None = None  # (B, R, D) stored backbone features (data.features)
+    learned: Tensor | None = None  # (B*C,) bool: the caption is a `data.learn_from` text
 
 
 def encode_captions(vocab: Vocab, captions: list[str], max_len: int) -> Tensor:
@@ -91,12 +92,42 @@ class ImageCaptions(Dataset):
         return self.image(index), self.records[index]
 
 
-def sample_captions(records: list[ImageRecord], per_image: int, rng: random.Random) -> list[str]:
-    """Exactly C captions per image, grouped per image: all of an image's captions in a
-    shuffled order when there are enough, otherwise some drawn twice."""
+def extra_sentences(record: ImageRecord, config: DataConfig) -> list[list[str]]:
+    """With `data.learn_from`: the words of the first sentence of each text under that key
+    that fits in max_len words."""
+    if config.learn_from is None:
+        return []
+    given = record.extra.get(config.learn_from) or []
+    sentences = [
+        simple_tokenize(str(t).split(".")[0])
+        for t in ([given] if isinstance(given, str) else given)
+    ]
+    return [words for words in sentences if 0 < len(words) <= config.max_len]
+
+
+def texts_to_learn(record: ImageRecord, config: DataConfig, vocab: Vocab) -> list[str]:
+    """An image's training texts: its captions and its `extra_sentences`, their words outside
+    the vocabulary left out (a reference's <unk> stands for a rare word; these texts have no
+    rare words to learn, and a model initialised from another keeps its vocabulary)."""
+    texts = [c for c in record.captions if c.strip()]
+    for words in extra_sentences(record, config):
+        texts.append(" ".join(w for w in words if w in vocab.stoi))
+    return texts
+
+
+def learned_mask(records: list[ImageRecord], captions: list[str]) -> Tensor:
+    """(B*C,) True where a sampled caption is not one of its image's captions (so it came
+    from `data.learn_from`)."""
+    per_image = len(captions) // len(records)
+    return torch.tensor([c not in records[i // per_image].captions for i, c in enumerate(captions)])
+
+
+def sample_captions(texts: list[list[str]], per_image: int, rng: random.Random) -> list[str]:
+    """Exactly C captions per image from each image's texts, grouped per image: all of them
+    in a shuffled order when there are enough, otherwise some drawn twice."""
     captions = []
-    for record in records:
-        refs = [c for c in record.captions if c.strip()] or [""]
+    for refs in texts:
+        refs = refs or [""]
         if len(refs) >= per_image:
             captions += rng.sample(refs, per_image)
         else:
@@ -111,13 +142,15 @@ def make_collate(
     rng: random.Random,
 ) -> Callable[[list], CaptionBatch]:
     def collate(items: list[tuple[Image.Image, ImageRecord]]) -> CaptionBatch:
-        captions = sample_captions([record for _, record in items], config.captions_per_image, rng)
+        texts = [texts_to_learn(record, config, vocab) for _, record in items]
+        captions = sample_captions(texts, config.captions_per_image, rng)
         return CaptionBatch(
             preprocess([image for image, _ in items]),
             encode_captions(vocab, captions, config.max_len),
             [record.image_id for _, record in items],
             [record.captions for _, record in items],
             [image for image, _ in items],
+            learned=learned_mask([record for _, record in items], captions),
         )
 
     return collate
@@ -184,7 +217,10 @@ class CaptionDataModule(L.LightningDataModule):
         return good
 
     def build_vocab(self) -> Vocab:
-        captions = (c for r in self.train_records for c in r.captions)
+        captions = [c for r in self.train_records for c in r.captions]
+        captions += [
+            " ".join(w) for r in self.train_records for w in extra_sentences(r, self.config)
+        ]
         return Vocab.build(captions, self.config.min_word_count)
 
     def setup(self, stage: str) -> None:

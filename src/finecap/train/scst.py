@@ -248,6 +248,8 @@ class SCSTTask(CaptionTask):
             gt_rewards = self.reward(scored).view(b, -1)  # (B, C)
         check_finite("ground-truth reward", gt_rewards)
         weight = GT_WEIGHTINGS[self.scst.gt_weighting](gt_rewards, policy_rewards)  # (B*C,)
+        if self.scst.gt_texts == "learned":
+            weight = weight * batch.learned.to(weight)
         tokens = batch.tokens[:, 1:]  # (B*C, T) without <bos>
         logp = teacher_forced_logprobs(self.model, enc, tokens)
         return policy_gradient_loss(logp, tokens != Vocab.pad_id, weight.to(logp))
