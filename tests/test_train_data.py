@@ -7,7 +7,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from finecap.data.formats import ImageRecord
+import pytest
+
+from finecap.data.formats import DatasetFormatError, ImageRecord
 from finecap.data.vocab import Vocab
 from finecap.scenes import generate_world
 from finecap.train.config import DataConfig
@@ -47,6 +49,9 @@ def test_extra_sentences_are_first_sentences_that_fit() -> None:
         ["one", "object", "on", "sand", "a", "small", "red", "plain", "star"],
     ]  # the third's first sentence has 23 words, over max_len 12: left out, not cut
     assert extra_sentences(RECORD, config(learn_from="no_such_key")) == []
+    bad = ImageRecord(8, "scene_8.png", "train", ["a star"], {"descriptions": 3})
+    with pytest.raises(DatasetFormatError, match=r"scene_8.png: .*'descriptions' must hold a"):
+        extra_sentences(bad, config(learn_from="descriptions"))
 
 
 def test_texts_to_learn_drop_words_the_vocabulary_lacks() -> None:
@@ -89,3 +94,5 @@ def test_the_vocabulary_of_a_new_model_holds_the_learned_words(tmp_path: Path) -
     learned = data.build_vocab()
     assert "plain" not in plain.stoi and "plain" in learned.stoi  # references never say it
     assert set(plain.itos) < set(learned.itos)
+    with pytest.raises(DatasetFormatError, match="data.learn_from: no training entry has the key"):
+        CaptionDataModule(DataConfig(dataset=world, learn_from="descriptionz"))

@@ -98,10 +98,13 @@ def extra_sentences(record: ImageRecord, config: DataConfig) -> list[list[str]]:
     if config.learn_from is None:
         return []
     given = record.extra.get(config.learn_from) or []
-    sentences = [
-        simple_tokenize(str(t).split(".")[0])
-        for t in ([given] if isinstance(given, str) else given)
-    ]
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise DatasetFormatError(
+            f"{record.path}: data.learn_from key {config.learn_from!r} must hold a text or a "
+            f"list of texts, not {type(given).__name__}"
+        )
+    sentences = [simple_tokenize(t.split(".")[0]) for t in texts]
     return [words for words in sentences if 0 < len(words) <= config.max_len]
 
 
@@ -119,7 +122,8 @@ def learned_mask(records: list[ImageRecord], captions: list[str]) -> Tensor:
     """(B*C,) True where a sampled caption is not one of its image's captions (so it came
     from `data.learn_from`)."""
     per_image = len(captions) // len(records)
-    return torch.tensor([c not in records[i // per_image].captions for i, c in enumerate(captions)])
+    own = [records[i // per_image].captions for i in range(len(captions))]
+    return torch.tensor([bool(c) and c not in refs for c, refs in zip(captions, own, strict=True)])
 
 
 def sample_captions(texts: list[list[str]], per_image: int, rng: random.Random) -> list[str]:
@@ -188,6 +192,11 @@ class CaptionDataModule(L.LightningDataModule):
         self.val_records = self._checked(self.corpus.split(config.val_split)[: config.val_images])
         if not self.train_records:
             raise DatasetFormatError(f"{config.dataset}: no images in split {config.train_split!r}")
+        key = config.learn_from
+        if key is not None and not any(key in r.extra for r in self.train_records):
+            raise DatasetFormatError(
+                f"{config.dataset}: data.learn_from: no training entry has the key {key!r}"
+            )
         self.vocab: Vocab | None = None
 
     def _checked(self, records: list[ImageRecord]) -> list[ImageRecord]:

@@ -21,10 +21,12 @@ weighted per reference (`scst.gt_weighting`, `GT_WEIGHTINGS`): `reward`, by its 
 the paper's rule (the RL objective with the reference as the trajectory, which tilts teacher
 forcing toward the most distinctive references; with a contrastive reward a reference that
 loses to its competitors gets a negative weight), or `clamp_advantage`, by max(0, r_gt - mean
-of the image's policy rewards), finecap's earlier variant. The released code (NohTow/WTF-RL,
-`wtf-rl.py`, `TransformTrainer.compute_loss`) computes `logprob_gt` and `rewards_gt`, but the
-line under `# WTF loss` adds `rewards_policy * logprob_policy` a second time: neither
-ground-truth quantity reaches the loss there.
+of the image's policy rewards), finecap's earlier variant. With `scst.gt_texts: learned` only
+the batch's `data.learn_from` texts (the scenes world's detailed descriptions) are
+trajectories; the references are still what CIDEr-D scores against. The released code
+(NohTow/WTF-RL, `wtf-rl.py`, `TransformTrainer.compute_loss`) computes `logprob_gt` and
+`rewards_gt`, but the line under `# WTF loss` adds `rewards_policy * logprob_policy` a second
+time: neither ground-truth quantity reaches the loss there.
 
 Stateful rewards: `reward.prepare(TrainingImages)` runs once when fitting starts (the
 contrastive reward's neighbour index), `reward.update(batch)` once per step after all scoring
