@@ -47,7 +47,7 @@ def test_extra_sentences_are_first_sentences_that_fit() -> None:
     assert sentences == [
         ["a", "small", "red", "plain", "star", "on", "sand"],
         ["one", "object", "on", "sand", "a", "small", "red", "plain", "star"],
-    ]  # the third's first sentence has 23 words, over max_len 12: left out, not cut
+    ]  # the third's first sentence has 25 words, over max_len 12: left out, not cut
     assert extra_sentences(RECORD, config(learn_from="no_such_key")) == []
     bad = ImageRecord(8, "scene_8.png", "train", ["a star"], {"descriptions": 3})
     with pytest.raises(DatasetFormatError, match=r"scene_8.png: .*'descriptions' must hold a"):
@@ -85,6 +85,17 @@ def test_batches_learn_from_descriptions_but_keep_the_references() -> None:
          "one object on sand a small red plain star"]
     )  # fmt: skip
     assert batch.references == [RECORD.captions]  # what CIDEr-D scores against
+    from_descriptions = {
+        text: bool(flag)
+        for text, flag in zip(
+            (vocab.decode(row[1:]) for row in batch.tokens.tolist()), batch.learned, strict=True
+        )
+    }
+    assert from_descriptions == {
+        "a red star": False, "a star on sand": False,
+        "a small red plain star on sand": True,
+        "one object on sand a small red plain star": True,
+    }  # fmt: skip
 
 
 def test_the_vocabulary_of_a_new_model_holds_the_learned_words(tmp_path: Path) -> None:
