@@ -26,6 +26,7 @@ from finecap.scenes import (
     generate_world,
     salient_object,
 )
+from finecap.scenes.facts import score_caption
 from finecap.scenes.language import SHAPE_WORDS
 
 N = 30
@@ -124,6 +125,19 @@ def test_descriptions_mention_every_object(dataset: dict) -> None:
             assert bg in text
             for o in e["scene"]["objects"]:
                 assert f"{o['color']} {o['pattern']} {o['shape']}" in text
+
+
+def test_partial_descriptions_name_one_object_more_each_and_are_true(dataset: dict) -> None:
+    for e in dataset["images"]:
+        scene, texts = e["scene"], e["partial_descriptions"]
+        assert len(texts) == len(scene["objects"])
+        assert texts[-1] == e["descriptions"][0].split(".")[0] + "."
+        salient = scene["objects"][salient_object(scene)]
+        assert texts[0].startswith(f"a {salient['size']} {salient['color']}")
+        for n, text in enumerate(texts, start=1):
+            counts = score_caption(text, scene)
+            assert counts.stated == counts.correct, text  # every stated fact is true
+            assert counts.correct["object"] == n and counts.correct["background"] == 1, text
 
 
 def test_relations_match_boxes(dataset: dict) -> None:

@@ -5,7 +5,9 @@ Layout of `out_dir`:
 - `images/scene_000000.png` ... RGB PNGs of `image_size` pixels;
 - `dataset.json` in Karpathy split format (`filepath` = "images", so
   `out_dir/filepath/filename` is the image), each entry also holding `"descriptions"`
-  (detailed alt-text) and `"scene"` (the ground truth, canonical words, pixel boxes);
+  (detailed alt-text), `"partial_descriptions"` (the first description cut after each
+  object: true texts of every length, for `data.learn_from`) and `"scene"` (the ground
+  truth, canonical words, pixel boxes);
 - `finecapeval.csv`, FineCapEval's format: 5 rows per image of the val and test splits.
 
 Splits: `n` is the total; by default 10 % val, 10 % test (rounded down), the rest train,
@@ -41,6 +43,7 @@ from finecap.scenes.language import (
     FineCapEvalRow,
     describe_scene,
     finecapeval_rows,
+    partial_descriptions,
     reference_captions,
 )
 from finecap.scenes.render import render_scene
@@ -139,6 +142,7 @@ def _make_entry(
         "sentids": [s["sentid"] for s in sentences],
         "sentences": sentences,
         "descriptions": describe_scene(scene),
+        "partial_descriptions": partial_descriptions(scene),
         "scene": scene.to_dict(),
     }
     rows = finecapeval_rows(scene, filename, rnd) if job.split in cfg.finecapeval_splits else []

@@ -323,6 +323,19 @@ def describe_scene(scene: Scene) -> list[str]:
     return [fix_articles(t) for t in texts]
 
 
+def partial_descriptions(scene: Scene) -> list[str]:
+    """The first description's objects cut after each one, with the background: the salient
+    object alone, then it and the next, ... up to all of them (the first sentence of
+    `describe_scene`'s first description). Every text is true and each names one object
+    more, so a learner with a length limit keeps the longest that fits rather than none."""
+    objs = scene.objects
+    s = salient_object(scene)
+    order = [s] + [k for k in range(len(objs)) if k != s]
+    phrases = [canonical_phrase(objs[k]) for k in order]
+    place = BACKGROUND_CANONICAL[scene.background]
+    return [fix_articles(f"{_join(phrases[:n])} {place}.") for n in range(1, len(order) + 1)]
+
+
 # ---------------------------------------------------------------- FineCapEval
 
 
