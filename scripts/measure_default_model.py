@@ -5,7 +5,7 @@ the share of distinct captions, and with --clip text-to-image R@1 over the first
 images (Cho et al.'s protocol, `finecap.metrics.retrieval`).
 
     python scripts/measure_default_model.py --dataset data/scenes/dataset.json [--model DIR]
-        [--clip CLIP_DIR]
+        [--clip CLIP_DIR] [--captions captions.json]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from finecap.captioner import Captioner
 from finecap.clip import ClipEmbedder, load_clip
 from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
+from finecap.io import atomic_write_text
 from finecap.metrics.official import official_scores
 from finecap.metrics.retrieval import retrieval_scores
 from finecap.scenes import salient_object
@@ -48,6 +49,7 @@ def main() -> int:
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--clip", default=None, help="CLIP folder for retrieval R@1")
     parser.add_argument("--retrieval-n", type=int, default=500)
+    parser.add_argument("--captions", default=None, help="also write every caption (JSON)")
     args = parser.parse_args()
     corpus = load_corpus(args.dataset)
     records = corpus.split(args.split)
@@ -80,6 +82,9 @@ def main() -> int:
         n = min(args.retrieval_n, len(records))
         result["retrieval_images"] = n
         result["R@1"] = retrieval_r1(args.clip, images[:n], captions[:n])
+    if args.captions:
+        pairs = {r.path: c for r, c in zip(records, captions, strict=True)}
+        atomic_write_text(args.captions, json.dumps(pairs, indent=1))
     print(json.dumps(result, indent=2))
     return 0
 

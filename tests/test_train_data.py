@@ -54,6 +54,16 @@ def test_extra_sentences_are_first_sentences_that_fit() -> None:
         extra_sentences(bad, config(learn_from="descriptions"))
 
 
+def test_learn_longest_keeps_the_longest_text_that_fits() -> None:
+    longest = extra_sentences(RECORD, config(learn_from="descriptions", learn_longest=True))
+    assert longest == [["one", "object", "on", "sand", "a", "small", "red", "plain", "star"]]
+    # the 25-word third is still left out; a record with nothing that fits learns nothing
+    none_fit = ImageRecord(9, "scene_9.png", "train", ["a star"], {"descriptions": ["x " * 20]})
+    assert extra_sentences(none_fit, config(learn_from="descriptions", learn_longest=True)) == []
+    with pytest.raises(ValueError, match="learn_longest .* set learn_from"):
+        config(learn_longest=True)
+
+
 def test_texts_to_learn_drop_words_the_vocabulary_lacks() -> None:
     vocab = Vocab(["a", "red", "star", "on", "sand", "small", "object", "one"])  # no "plain"
     texts = texts_to_learn(RECORD, config(learn_from="descriptions"), vocab)

@@ -62,6 +62,9 @@ class DataConfig(Settings):
     datasets: the first sentence of each, if it fits in max_len words, without the words the
     vocabulary lacks. They are not references: CIDEr-D rewards and validation use the
     captions only. None: the captions alone."""
+    learn_longest: bool = False
+    """With learn_from: of an image's texts that fit, only the longest (in words; the first
+    of equals), e.g. the scenes world's `partial_descriptions` naming the most objects."""
     captions_per_image: PositiveInt = 5
     """Captions decoded per encoded image in a batch (each image is encoded once)."""
     batch_size: PositiveInt = 32
@@ -91,6 +94,8 @@ class DataConfig(Settings):
                 "features: a feature store holds the encoder's features of the images as they "
                 "are, so augmentation (augment) cannot apply; turn one of them off"
             )
+        if self.learn_longest and self.learn_from is None:
+            raise ValueError("learn_longest picks among the data.learn_from texts: set learn_from")
         return self
 
 

@@ -94,7 +94,7 @@ class ImageCaptions(Dataset):
 
 def extra_sentences(record: ImageRecord, config: DataConfig) -> list[list[str]]:
     """With `data.learn_from`: the words of the first sentence of each text under that key
-    that fits in max_len words."""
+    that fits in max_len words (with `data.learn_longest`, the longest of them only)."""
     if config.learn_from is None:
         return []
     given = record.extra.get(config.learn_from) or []
@@ -105,7 +105,10 @@ def extra_sentences(record: ImageRecord, config: DataConfig) -> list[list[str]]:
             f"list of texts, not {type(given).__name__}"
         )
     sentences = [simple_tokenize(t.split(".")[0]) for t in texts]
-    return [words for words in sentences if 0 < len(words) <= config.max_len]
+    fit = [words for words in sentences if 0 < len(words) <= config.max_len]
+    if config.learn_longest and fit:
+        return [max(fit, key=len)]
+    return fit
 
 
 def texts_to_learn(record: ImageRecord, config: DataConfig, vocab: Vocab) -> list[str]:
