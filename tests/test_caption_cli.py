@@ -362,7 +362,7 @@ def test_the_bundled_model_says_what_it_is(capsys) -> None:
     err = capsys.readouterr().err
     assert (
         "using the bundled default model (SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on"
-        " ground truth (descriptions), synthetic scenes world only)" in err
+        " ground truth (partial_descriptions), synthetic scenes world only)" in err
     )
     assert main(["caption", str(example), "--model", "mle"]) == 0
     err = capsys.readouterr().err

@@ -388,4 +388,5 @@ def test_rl_on_ground_truth_can_learn_from_the_descriptions_only(
     assert torch.equal(gt["learned"][learned], gt["all"][learned])
     with pytest.raises(ConfigError, match="data.learn_from is not set"):
         _recipe("scst_scenes_default", world, clip_folder, discriminator, tmp_path / "x",
-                terms, "scst.gt_texts=learned", "data.learn_from=null")  # fmt: skip
+                terms, "scst.gt_texts=learned", "data.learn_from=null",
+                "data.learn_longest=false")  # fmt: skip

@@ -57,15 +57,19 @@ def test_the_card_says_when_a_run_learned_from_the_ground_truth_too(world: Path)
     corpus = load_corpus(world)
     config = load_config(recipe, [f"data.dataset={world}"]).model_copy(update={"model": model})
     facts = training_facts(config, corpus, 40, 100)
-    assert facts["recipe"]["gt_weight"] == 4.0
+    assert facts["recipe"]["gt_weight"] == 2.0
     assert facts["recipe"]["gt_weighting"] == "clamp_advantage"
     assert facts["recipe"]["gt_texts"] == "learned"
-    assert facts["recipe"]["learn_from"] == "descriptions"
+    assert facts["recipe"]["learn_from"] == "partial_descriptions"
+    assert facts["recipe"]["learn_longest"] is True
     card = render_card(facts)
-    assert "plus 4 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
-    assert "clamp_advantage), the ground truth being the dataset's `descriptions`" in card
+    assert "plus 2 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
+    assert (
+        "clamp_advantage), the ground truth being the dataset's `partial_descriptions` "
+        "(the longest that fits)" in card
+    )
     assert describe(facts).startswith(
-        "SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on ground truth (descriptions)"
+        "SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on ground truth (partial_descriptions)"
     )
     plain = load_config(recipe, [f"data.dataset={world}", "scst.gt_weight=0"])
     plain = plain.model_copy(update={"model": model})

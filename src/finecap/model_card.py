@@ -44,6 +44,7 @@ def training_facts(config: Any, corpus: Any, n_train: int, vocab_size: int) -> d
             "baseline": scst.baseline if scst else None,
             **ground_truth_facts(scst),
             **({"learn_from": config.data.learn_from} if config.data.learn_from else {}),
+            **({"learn_longest": True} if config.data.learn_longest else {}),
             "max_epochs": config.optim.max_epochs,
             "seed": config.seed,
         },
@@ -81,6 +82,7 @@ def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
             )
             if recipe.get("gt_texts") == "learned":
                 how += f", the ground truth being the dataset's `{recipe.get('learn_from')}`"
+                how += " (the longest that fits)" if recipe.get("learn_longest") else ""
     if recipe.get("learn_from") and recipe.get("gt_texts") != "learned":
         how += f"; the dataset's `{recipe['learn_from']}` learned beside the captions"
     lines = [f"# {title or 'finecap captioner'}", ""]
