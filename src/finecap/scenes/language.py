@@ -283,6 +283,12 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def salient_first(scene: Scene) -> list[int]:
+    """Object indices in the first description's order: the salient one, then the rest."""
+    s = salient_object(scene)
+    return [s] + [k for k in range(len(scene.objects)) if k != s]
+
+
 def stated_relations(scene: Scene) -> list[list[tuple[int, str, int]]]:
     """The relations each of `describe_scene`'s descriptions states, in its order:
     `(i, rel, j)` read "object i is <rel> object j".
@@ -308,9 +314,8 @@ def describe_scene(scene: Scene) -> list[str]:
     second goes from left to right and relates neighbours (`stated_relations`).
     """
     objs = scene.objects
-    s = salient_object(scene)
     place = BACKGROUND_CANONICAL[scene.background]
-    order = [s] + [k for k in range(len(objs)) if k != s]
+    order = salient_first(scene)
     by_x = sorted(range(len(objs)), key=lambda k: (objs[k].center[0], k))
     noun = "object" if len(objs) == 1 else "objects"
     first = f"{_join([canonical_phrase(objs[k]) for k in order])} {place}."
@@ -328,12 +333,9 @@ def partial_descriptions(scene: Scene) -> list[str]:
     object alone, then it and the next, ... up to all of them (the first sentence of
     `describe_scene`'s first description). Every text is true and each names one object
     more, so a learner with a length limit keeps the longest that fits rather than none."""
-    objs = scene.objects
-    s = salient_object(scene)
-    order = [s] + [k for k in range(len(objs)) if k != s]
-    phrases = [canonical_phrase(objs[k]) for k in order]
+    phrases = [canonical_phrase(scene.objects[k]) for k in salient_first(scene)]
     place = BACKGROUND_CANONICAL[scene.background]
-    return [fix_articles(f"{_join(phrases[:n])} {place}.") for n in range(1, len(order) + 1)]
+    return [fix_articles(f"{_join(phrases[:n])} {place}.") for n in range(1, len(phrases) + 1)]
 
 
 # ---------------------------------------------------------------- FineCapEval
