@@ -17,6 +17,7 @@ from finecap.captioner import Captioner
 from finecap.clip import ClipEmbedder, load_clip
 from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
+from finecap.decoding import DecodingConfig
 from finecap.io import atomic_write_text
 from finecap.metrics.official import official_scores
 from finecap.metrics.retrieval import retrieval_scores
@@ -47,6 +48,9 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="captioner folder (default: bundled)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument(
+        "--block-trigrams", action="store_true", help="forbid a beam to repeat a trigram"
+    )
     parser.add_argument("--clip", default=None, help="CLIP folder for retrieval R@1")
     parser.add_argument("--retrieval-n", type=int, default=500)
     parser.add_argument("--captions", default=None, help="also write every caption (JSON)")
@@ -55,7 +59,8 @@ def main() -> int:
     records = corpus.split(args.split)
     captioner = Captioner.from_pretrained(args.model)
     images = [load_image(corpus.image_path(r)) for r in records]
-    captions = [c.text for c in captioner.caption(images, beam_size=args.beam_size)]
+    decoding = DecodingConfig(beam_size=args.beam_size, block_trigrams=args.block_trigrams)
+    captions = [c.text for c in captioner.caption(images, decoding=decoding)]
     refs = {r.image_id: r.captions for r in records}
     preds = {r.image_id: c for r, c in zip(records, captions, strict=True)}
     scores = official_scores(refs, preds, metrics=("BLEU", "ROUGE-L", "CIDEr")).scores
@@ -68,6 +73,7 @@ def main() -> int:
         "split": args.split,
         "images": len(records),
         "beam_size": args.beam_size,
+        "block_trigrams": args.block_trigrams,
         "CIDEr-D": scores["CIDEr"],
         "BLEU-4": scores["BLEU-4"],
         "ROUGE-L": scores["ROUGE-L"],

@@ -265,6 +265,7 @@ def test_sampling_flags_are_seeded_and_match_the_api(model_dir, tmp_path, capsys
         (["--temperature", "2"], "--temperature: only with --sample"),
         (["--top-k", "3", "--seed", "1"], "--top-k, --seed: only with --sample"),
         (["--sample", "--beam-size", "2"], "--beam-size is for beam search"),
+        (["--sample", "--block-trigrams", "True"], "--block-trigrams is for beam search"),
         (["--n-best", "4", "--beam-size", "2"], "--n-best 4 is more than --beam-size 2"),
         (["--out", "preds.json"], "--out: only with --dataset"),
         (["--allow-outside-root"], "--allow-outside-root: only with --dataset"),
@@ -362,14 +363,38 @@ def test_the_bundled_model_says_what_it_is(capsys) -> None:
     err = capsys.readouterr().err
     assert (
         "using the bundled default model (SCST 2 × clip_s + 1 × cider + 30 × contrastive + RL on"
-        " ground truth (partial_descriptions), synthetic scenes world only)" in err
+        " ground truth (partial_descriptions), synthetic scenes world only; beam search, 3 beams,"
+        " no trigram repeated)" in err
     )
     assert main(["caption", str(example), "--model", "mle"]) == 0
     err = capsys.readouterr().err
-    assert "using the bundled mle model (MLE, synthetic scenes world only)" in err
+    assert (
+        "using the bundled mle model (MLE, synthetic scenes world only; beam search, 3 beams)"
+        in err
+    )
     for folder in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR.parent / "mle_model"):
         card = (folder / "README.md").read_text()
         assert "Synthetic scenes world only — not for photographs" in card
+
+
+def test_a_models_own_decoding_is_the_default_and_flags_replace_it(
+    model_dir, tmp_path, capsys
+) -> None:
+    own = DecodingConfig(beam_size=2, block_trigrams=True)
+    captioner = Captioner.from_pretrained(model_dir)
+    captioner.decoding = own
+    captioner.save_pretrained(tmp_path / "own")
+    images = [str(p) for p in save_images(tmp_path / "imgs", 2, size=40)]
+    for flags, decoding, said in [
+        ([], own, "beam search, 2 beams, no trigram repeated)"),
+        (["--block-trigrams", "False"], own.replace(block_trigrams=False), "beam search, 2 beams)"),
+        (["--beam-size", "1"], own.replace(beam_size=1), "greedy, no trigram repeated)"),
+    ]:
+        assert main(["caption", *images, "--model", str(tmp_path / "own"), *flags]) == 0
+        out, err = capsys.readouterr()
+        want = [c.text for c in captioner.caption(images, decoding=decoding)]
+        assert [line.split("\t")[1] for line in out.splitlines()] == want, flags
+        assert said in err, (flags, err)
 
 
 def test_bundled_names_resolve_unless_a_folder_has_that_name(

@@ -104,6 +104,30 @@ def test_beam_size_beside_decoding_overrides_it(captioner, paths) -> None:
         captioner(paths, beam_size=2, decoding=DecodingConfig(beam_size=4, n_best=3))
 
 
+def test_a_models_own_decoding_is_saved_used_and_overridable(model_dir, paths, tmp_path) -> None:
+    assert "decoding" not in json.loads((model_dir / "config.json").read_text())  # 3 beams
+    own = DecodingConfig(beam_size=2, block_trigrams=True, length_penalty=0.5)
+    captioner = Captioner.from_pretrained(model_dir)
+    captioner.decoding = own
+    captioner.save_pretrained(tmp_path / "own")
+    loaded = Captioner.from_pretrained(tmp_path / "own")
+    assert loaded.decoding == own
+    got, want = loaded(paths), loaded(paths, decoding=own)
+    assert all(_same(a, b) for a, b in zip(got, want, strict=True))
+    # beam_size= replaces the beams only; decoding= replaces everything.
+    got = loaded(paths, beam_size=3)
+    want = loaded(paths, decoding=own.replace(beam_size=3))
+    assert all(_same(a, b) for a, b in zip(got, want, strict=True))
+    plain = DecodingConfig(beam_size=3)
+    got, want = loaded(paths, decoding=plain), Captioner.from_pretrained(model_dir)(paths)
+    assert all(_same(a, b) for a, b in zip(got, want, strict=True))
+    config = json.loads((tmp_path / "own" / "config.json").read_text())
+    config["decoding"]["beam_size"] = 0
+    (tmp_path / "own" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: decoding.*beam_size"):
+        Captioner.from_pretrained(tmp_path / "own")
+
+
 def test_sampling_is_reproducible_with_a_seed_and_differs_across_seeds(captioner, paths) -> None:
     def texts(captions: list[Caption]) -> list[list[str]]:
         return [[c.text for c in [caption, *caption.alternatives]] for caption in captions]

@@ -23,10 +23,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RECIPE = "scenes_transformer"  # a shipped recipe, by name
 README_CAPTIONS = {  # `finecap caption examples/` [--model mle], as the README shows
     "default": [
-        "a large red hexagon on sand",
+        "a large red hexagon and a large purple striped heart on sand",
         "a large red hexagon on sand",
         "a small red circle on grass",
-        "a large red hexagon on grass",
+        "a large red hexagon and a large black triangle on grass",
         "a small pink striped square against the sky",
         "a small black striped diamond in front of a brick wall",
         "a small purple star on a wooden floor",

@@ -185,6 +185,14 @@ def test_trigram_blocking_prevents_repeated_trigrams() -> None:
         assert len(trigrams) == len(set(trigrams)), row
 
 
+def test_one_beam_with_trigram_blocking_still_blocks() -> None:
+    # Greedy decoding cannot block; one beam of beam search does.
+    config = DecodingConfig(beam_size=1, max_len=10, block_trigrams=True)
+    out = decode(CycleDecoder(), _features(2), config)
+    for row in out.tokens.tolist():
+        assert len(_trigrams(row)) == len(set(_trigrams(row))), row
+
+
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_trigram_blocking_on_a_model(decoder: str) -> None:
     model, enc = _model_and_features(decoder, n=4)

@@ -110,6 +110,22 @@ def test_caption_is_the_captioners(server, captioner, images) -> None:
     assert caption["score"] is None and caption["attention"] is None  # no CLIP; not asked
 
 
+def test_a_models_own_decoding_is_served_with_the_requests_beams(images) -> None:
+    own = make_talkative(make_tiny_captioner("transformer", seed=1, max_len=6))
+    own.decoding = DecodingConfig(beam_size=3, block_trigrams=True, length_penalty=1.0)
+    with BackgroundServer(create_app(CaptionService({"own": own}))) as running:
+        for fields, decoding in [
+            ({}, own.decoding),
+            ({"beam_size": 2}, own.decoding.replace(beam_size=2)),
+        ]:
+            response = _post(running.url, images[0], **fields)
+            assert response.status_code == 200, response.text
+            [caption] = response.json()["captions"]
+            expected = own.caption(load_image(images[0]), decoding=decoding)
+            assert caption["text"] == expected.text, fields
+            assert caption["logprob"] == pytest.approx(expected.score, abs=1e-5), fields
+
+
 def test_json_with_base64_gives_the_same_caption(server, images) -> None:
     text = _post(server.url, images[1]).json()["captions"][0]["text"]
     encoded = base64.b64encode(images[1].read_bytes()).decode()

@@ -57,13 +57,14 @@ def test_the_card_says_when_a_run_learned_from_the_ground_truth_too(world: Path)
     corpus = load_corpus(world)
     config = load_config(recipe, [f"data.dataset={world}"]).model_copy(update={"model": model})
     facts = training_facts(config, corpus, 40, 100)
-    assert facts["recipe"]["gt_weight"] == 2.0
+    assert facts["recipe"]["gt_weight"] == 4.0
     assert facts["recipe"]["gt_weighting"] == "clamp_advantage"
     assert facts["recipe"]["gt_texts"] == "learned"
     assert facts["recipe"]["learn_from"] == "partial_descriptions"
     assert facts["recipe"]["learn_longest"] is True
-    card = render_card(facts)
-    assert "plus 2 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
+    card = render_card(facts, decoding=config.model_decoding)
+    assert "decodes by default with beam search, 3 beams, no trigram repeated" in card
+    assert "plus 4 × RL on the ground-truth captions (Chaffin et al., weighted by" in card
     assert (
         "clamp_advantage), the ground truth being the dataset's `partial_descriptions` "
         "(the longest that fits)" in card
@@ -120,9 +121,14 @@ def test_select_last_exports_the_last_epoch_and_still_validates(
     recipe = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
     out = tmp_path / "run"
     overrides = [f"data.dataset={world}", f"output_dir={out}", "model.encoder.image_size=48"]
-    config = load_config(recipe, [*overrides, *TINY, "optim.max_epochs=2", "trainer.select=last"])
+    own = "model_decoding={beam_size: 2, block_trigrams: true}"  # the export's own decoding
+    config = load_config(
+        recipe, [*overrides, *TINY, "optim.max_epochs=2", "trainer.select=last", own]
+    )
     model_dir = train(config)
     meta = json.loads((model_dir / "config.json").read_text())
+    assert Captioner.from_pretrained(model_dir).decoding == config.model_decoding
+    assert "beam search, 2 beams, no trigram repeated" in (model_dir / "README.md").read_text()
     assert "best_val_cider" not in meta["finecap"]  # nothing was picked by a score
     assert meta["finecap"]["selected"] == "last" and meta["finecap"]["epochs"] == 2
     rows = list(csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()))

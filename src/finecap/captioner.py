@@ -92,10 +92,19 @@ class Caption:
 
 
 class Captioner:
-    def __init__(self, model: CaptionModel, vocab: Vocab, info: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: CaptionModel,
+        vocab: Vocab,
+        info: dict | None = None,
+        decoding: DecodingConfig | None = None,
+    ) -> None:
         self.model = model
         self.vocab = vocab
         self.info = info or {}  # config.json's "finecap" facts: how it was trained
+        # How `caption` decodes when its caller gives no `decoding`: config.json's own
+        # `decoding` (as a Hugging Face model's generation_config.json), else 3 beams.
+        self.decoding = decoding or DecodingConfig(beam_size=DEFAULT_BEAM_SIZE)
 
     @property
     def config(self) -> ModelConfig:
@@ -144,7 +153,11 @@ class Captioner:
                 f"config.json describes ({first})"
             ) from None
         captioner.model.eval()
-        captioner.info = json.loads((folder / CONFIG_FILE).read_text()).get("finecap") or {}
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+        captioner.info = saved.get("finecap") or {}
+        if saved.get("decoding") is not None:
+            source = f"{folder / CONFIG_FILE}: decoding"
+            captioner.decoding = DecodingConfig.load(saved["decoding"], source)
         return captioner
 
     def save_pretrained(
@@ -171,6 +184,8 @@ class Captioner:
                 state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
                 save_file(state, tmp / WEIGHTS_FILE)
                 meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
+                if self.decoding != DecodingConfig(beam_size=DEFAULT_BEAM_SIZE):
+                    meta["decoding"] = self.decoding.to_dict()
                 (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
                 self.vocab.save(tmp / VOCAB_FILE)
             if card is not None:
@@ -228,9 +243,10 @@ class Captioner:
         An image is a path, opened with `finecap.data.images.load_image` (as `finecap caption`
         opens it), or a PIL image, converted to RGB by the same rules (transparency on white).
 
-        Beam search by default (`beam_size`, default 3; 1 = greedy); `decoding` sets every
-        option, and a `beam_size` given beside it overrides its beam_size (as keyword arguments
-        override a Hugging Face generation config). `DecodingConfig(n_best=k)` keeps k
+        Beam search by default: the model's own `decoding` (config.json's, else 3 beams), with
+        `beam_size` (1 = greedy) replaced if given; `decoding` sets every option instead, and a
+        `beam_size` given beside it overrides its beam_size (as keyword arguments override a
+        Hugging Face generation config). `DecodingConfig(n_best=k)` keeps k
         captions per image: the best is returned, the others are in `Caption.alternatives`.
 
         `sampling` samples `sampling.n` captions per image instead (ranked as n-best are, by
@@ -287,10 +303,8 @@ class Captioner:
                 "seed= and generator= only apply with sampling= (beam search is exact)"
             )
         if decoding is None:
-            decoding = DecodingConfig(
-                beam_size=DEFAULT_BEAM_SIZE if beam_size is None else beam_size
-            )
-        elif beam_size is not None and beam_size != decoding.beam_size:
+            decoding = self.decoding
+        if beam_size is not None and beam_size != decoding.beam_size:
             decoding = decoding.replace(beam_size=beam_size)  # may refuse: n_best > beam_size
         return decoding.replace(max_len=min(decoding.max_len, limit))
 

@@ -57,6 +57,15 @@ class DecodingConfig(Settings):
             raise ValueError(f"n_best ({self.n_best}) must be at most beam_size ({self.beam_size})")
         return self
 
+    def describe(self) -> str:
+        """In words, for logs and model cards: "beam search, 3 beams, no trigram repeated"."""
+        words = ["greedy" if self.beam_size == 1 else f"beam search, {self.beam_size} beams"]
+        if self.length_penalty:
+            words.append(f"length penalty {self.length_penalty:g}")
+        if self.block_trigrams:
+            words.append("no trigram repeated")
+        return ", ".join(words)
+
 
 @dataclass
 class Decoded:
@@ -73,8 +82,8 @@ class Decoded:
 def decode(
     decoder: Decoder, enc: EncoderOutput, config: DecodingConfig, keep_attention: bool = False
 ) -> Decoded:
-    """Greedy when beam_size is 1, else beam search."""
-    if config.beam_size == 1:
+    """Greedy when beam_size is 1 (and no trigram is blocked), else beam search."""
+    if config.beam_size == 1 and not config.block_trigrams:
         force_eos = config.at_max_len == "eos"
         return greedy(decoder, enc, config.max_len, keep_attention, force_eos=force_eos)
     return beam_search(decoder, enc, config, keep_attention)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from finecap.decoding import DecodingConfig
 
 CARD_FILE = "README.md"
 SCENES_WARNING = (
@@ -66,9 +69,11 @@ def _rewards_text(rewards: list[Mapping]) -> str:
     return " + ".join(f"{r['weight']:g} × {r['name']}" for r in rewards)
 
 
-def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
+def render_card(
+    facts: Mapping[str, Any], title: str | None = None, decoding: DecodingConfig | None = None
+) -> str:
     """The card's Markdown from `training_facts(...)` plus what export adds (epochs, best
-    validation CIDEr-D)."""
+    validation CIDEr-D), and the model's own `decoding` if it has one."""
     recipe, data = facts.get("recipe", {}), facts.get("dataset", {})
     task = recipe.get("task", "?")
     how = "maximum likelihood (teacher forcing)" if task == "mle" else task
@@ -127,6 +132,12 @@ def render_card(facts: Mapping[str, Any], title: str | None = None) -> str:
         "`vocab.json`.",
         "",
     ]
+    if decoding is not None:
+        lines[-1:] = [
+            f"It decodes by default with {decoding.describe()} (config.json's `decoding`); "
+            "settings a caller gives replace it.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -76,9 +76,13 @@ class CaptionOptions(Settings):
     or hub name, e.g. nlpconnect/vit-gpt2-image-captioning), or a bundled model by name: `mle`
     (the MLE model), `default`; default: the bundled distinctive scenes model."""
     beam_size: PositiveInt | None = None
-    """Beams per image; 1 = greedy (default: 3, or --n-best if larger; not with --sample)."""
+    """Beams per image; 1 = greedy (default: the model's own, 3 unless its config.json says
+    otherwise, or --n-best if larger; not with --sample)."""
     n_best: PositiveInt = 1
     """Captions per image, best first: the n best beams, or n samples with --sample."""
+    block_trigrams: bool | None = None
+    """True: forbid a beam to repeat a trigram; False: allow it (default: as the model's
+    config.json says; the bundled default model blocks them)."""
     sample: bool = False
     """Sample captions instead of beam search (--temperature, --top-k, --top-p, --seed)."""
     temperature: PositiveFloat | None = None
@@ -170,7 +174,10 @@ def handler(args: CaptionOptions) -> int:
         where = f"the bundled {args.model} model"
     else:
         where = args.model
-    print(f"{PROG}: using {where} ({describe(captioner.info)})", file=sys.stderr)
+    if isinstance(settings, DecodingConfig):
+        settings = _with_model_decoding(args, captioner.decoding)
+    how = f"; {settings.describe()}" if isinstance(settings, DecodingConfig) else ""
+    print(f"{PROG}: using {where} ({describe(captioner.info)}{how})", file=sys.stderr)
     if not items:
         hint = "" if args.paths else " (give image files or folders, or --dataset)"
         return _usage_error(f"no images to caption{hint}")
@@ -222,9 +229,11 @@ def _decoding_settings(args: CaptionOptions) -> DecodingConfig | SamplingConfig:
     rather than ignored."""
     knobs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     if args.sample:
-        if args.beam_size is not None:
+        beam_only = {"--beam-size": args.beam_size, "--block-trigrams": args.block_trigrams}
+        if given := [flag for flag, value in beam_only.items() if value is not None]:
             raise CaptionInputError(
-                "--beam-size is for beam search; --sample draws --n-best captions per image"
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for beam search; "
+                "--sample draws --n-best captions per image"
             )
         given = {key: value for key, value in knobs.items() if value is not None}
         return SamplingConfig(n=args.n_best, max_len=args.max_len, **given)
@@ -239,6 +248,15 @@ def _decoding_settings(args: CaptionOptions) -> DecodingConfig | SamplingConfig:
             "at most one caption per beam"
         )
     return DecodingConfig(beam_size=beam_size, max_len=args.max_len, n_best=args.n_best)
+
+
+def _with_model_decoding(args: CaptionOptions, model: DecodingConfig) -> DecodingConfig:
+    """The model's own decoding (its config.json's `decoding`) with the flags given."""
+    changes = {"beam_size": args.beam_size or max(model.beam_size, args.n_best)}
+    changes |= {"max_len": args.max_len, "n_best": args.n_best}
+    if args.block_trigrams is not None:
+        changes["block_trigrams"] = args.block_trigrams
+    return model.replace(**changes)
 
 
 def _load_dataset(args: CaptionOptions) -> CaptionCorpus | None:

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from finecap.captioner import BUNDLED_MODELS, Caption, Captioner
-from finecap.decoding import DecodingConfig
 from finecap.errors import UserError
 from finecap.metrics.clipscore import CLIP_S_PREFIX, clip_s
 from finecap.model_card import describe
@@ -122,7 +121,8 @@ class CaptionService:
     def run_batch(self, key: BatchKey, jobs: list[Job]) -> list[Result]:
         """Caption a batch of images alike (runs in the model thread)."""
         captioner = self.models[key.model]
-        decoding = DecodingConfig(
+        # The model's own decoding (its config.json's), with the request's beams.
+        decoding = captioner.decoding.replace(
             beam_size=key.beam_size, n_best=key.n_best, max_len=MAX_CAPTION_LEN
         )
         captions = captioner.caption(

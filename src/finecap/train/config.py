@@ -234,6 +234,10 @@ class TrainConfig(Settings):
     trainer: TrainerConfig = TrainerConfig()
     decoding: DecodingConfig = DecodingConfig()
     """Decoding used for validation captions."""
+    model_decoding: DecodingConfig | None = None
+    """The exported model's own decoding (its config.json's `decoding`, as a Hugging Face
+    model's generation_config.json): what `finecap caption`, the service and
+    `Captioner.caption` use where their caller sets nothing else. None: 3 beams."""
     scst: SCSTConfig | None = None
     """Self-critical settings; required (defaults filled in) when task is scst."""
 

@@ -242,6 +242,8 @@ def export_selected(
         extra["steps"] = int(state["global_step"])
     if best.best_model_score is not None:
         extra["best_val_cider"] = float(best.best_model_score)
-    card = render_card(extra, title=f"finecap captioner: {describe(extra)}")
-    Captioner(task.model.cpu().eval(), task.vocab).save_pretrained(folder, extra, card=card)
+    decoding = task.config.model_decoding
+    card = render_card(extra, title=f"finecap captioner: {describe(extra)}", decoding=decoding)
+    captioner = Captioner(task.model.cpu().eval(), task.vocab, decoding=decoding)
+    captioner.save_pretrained(folder, extra, card=card)
     return folder
