@@ -5,7 +5,10 @@ the share of distinct captions, and with --clip text-to-image R@1 over the first
 images (Cho et al.'s protocol, `finecap.metrics.retrieval`).
 
     python scripts/measure_default_model.py --dataset data/scenes/dataset.json [--model DIR]
-        [--clip CLIP_DIR] [--captions captions.json]
+        [--clip CLIP_DIR] [--captions captions.json] [--[no-]block-trigrams]
+
+Each model decodes as it ships (its config.json's `decoding`; the bundled default model
+blocks repeated trigrams) with --beam-size beams (default 3); --[no-]block-trigrams overrides.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from finecap.captioner import Captioner
 from finecap.clip import ClipEmbedder, load_clip
 from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
-from finecap.decoding import DecodingConfig
 from finecap.io import atomic_write_text
 from finecap.metrics.official import official_scores
 from finecap.metrics.retrieval import retrieval_scores
@@ -49,7 +51,10 @@ def main() -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument(
-        "--block-trigrams", action="store_true", help="forbid a beam to repeat a trigram"
+        "--block-trigrams",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="forbid (or allow) a beam to repeat a trigram (default: as the model ships)",
     )
     parser.add_argument("--clip", default=None, help="CLIP folder for retrieval R@1")
     parser.add_argument("--retrieval-n", type=int, default=500)
@@ -59,7 +64,9 @@ def main() -> int:
     records = corpus.split(args.split)
     captioner = Captioner.from_pretrained(args.model)
     images = [load_image(corpus.image_path(r)) for r in records]
-    decoding = DecodingConfig(beam_size=args.beam_size, block_trigrams=args.block_trigrams)
+    decoding = captioner.decoding.replace(beam_size=args.beam_size)  # the model's own
+    if args.block_trigrams is not None:
+        decoding = decoding.replace(block_trigrams=args.block_trigrams)
     captions = [c.text for c in captioner.caption(images, decoding=decoding)]
     refs = {r.image_id: r.captions for r in records}
     preds = {r.image_id: c for r, c in zip(records, captions, strict=True)}
@@ -73,7 +80,7 @@ def main() -> int:
         "split": args.split,
         "images": len(records),
         "beam_size": args.beam_size,
-        "block_trigrams": args.block_trigrams,
+        "block_trigrams": decoding.block_trigrams,
         "CIDEr-D": scores["CIDEr"],
         "BLEU-4": scores["BLEU-4"],
         "ROUGE-L": scores["ROUGE-L"],

@@ -114,6 +114,8 @@ def test_a_models_own_decoding_is_served_with_the_requests_beams(images) -> None
     own = make_talkative(make_tiny_captioner("transformer", seed=1, max_len=6))
     own.decoding = DecodingConfig(beam_size=3, block_trigrams=True, length_penalty=1.0)
     with BackgroundServer(create_app(CaptionService({"own": own}))) as running:
+        [model] = httpx.get(f"{running.url}/v1/models").json()["models"]
+        assert model["decoding"] == "beam search, 3 beams, length penalty 1, no trigram repeated"
         for fields, decoding in [
             ({}, own.decoding),
             ({"beam_size": 2}, own.decoding.replace(beam_size=2)),
@@ -394,6 +396,7 @@ def test_health_models_schema_and_page(server) -> None:
     assert health.status_code == 200 and health.json()["status"] == "ok"
     [model] = httpx.get(f"{server.url}/v1/models").json()["models"]
     assert model["name"] == "tiny" and model["default"] and model["decoder"] == "transformer"
+    assert model["decoding"] == "beam search, 3 beams"
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/captions", "/v1/models", "/healthz"} <= set(schema["paths"])
     body = schema["paths"]["/v1/captions"]["post"]["requestBody"]["content"]

@@ -116,6 +116,9 @@ class ModelOut(BaseModel):
     encoder: str
     decoder: str
     max_len: int
+    decoding: str
+    """How it decodes unless a request sets the beams: its config.json's `decoding`, in words
+    ("beam search, 3 beams, no trigram repeated")."""
 
 
 class ModelsResponse(BaseModel):

@@ -108,6 +108,7 @@ class CaptionService:
                 encoder=captioner.config.encoder.name,
                 decoder=captioner.config.decoder.name,
                 max_len=captioner.config.decoder.max_len,
+                decoding=captioner.decoding.describe(),
             )
             for name, captioner in self.models.items()
         ]
