@@ -223,15 +223,15 @@ def ratios(rows: list[Row]) -> list[str]:
                 one, many = find(model, decoding, cache, 1), find(model, decoding, cache, BATCH)
                 if one and many:
                     lines.append(
-                        f"- {model}, {decoding}: batched ({BATCH}) is "
-                        f"**{many.rate / one.rate:.1f}x** faster per image than one at a time"
+                        f"- {model}, {decoding}: batched ({BATCH}) captions "
+                        f"**{many.rate / one.rate:.1f}x** the images per second of one at a time"
                     )
             for batch in (1, BATCH):
                 on, off = find(model, decoding, "on", batch), find(model, decoding, "off", batch)
                 if on and off:
                     lines.append(
-                        f"- {model}, {decoding}, batch {batch}: KV cache is "
-                        f"**{on.rate / off.rate:.1f}x** faster than re-running the prefix"
+                        f"- {model}, {decoding}, batch {batch}: the KV cache runs at "
+                        f"**{on.rate / off.rate:.1f}x** the rate of re-running the prefix"
                     )
     return lines
 

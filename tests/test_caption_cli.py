@@ -27,7 +27,13 @@ from finecap.data.images import load_image
 from finecap.decoding import DecodingConfig, SamplingConfig
 from finecap.evaluation import EvaluationConfig, evaluate
 from finecap.scenes import generate_world
-from helpers.tiny_captioners import make_talkative, make_tiny_captioner, save_images
+from helpers.tiny_captioners import (
+    make_repetitive,
+    make_talkative,
+    make_tiny_captioner,
+    repeats_a_trigram,
+    save_images,
+)
 
 
 @pytest.fixture(scope="module")
@@ -395,6 +401,24 @@ def test_a_models_own_decoding_is_the_default_and_flags_replace_it(
         want = [c.text for c in captioner.caption(images, decoding=decoding)]
         assert [line.split("\t")[1] for line in out.splitlines()] == want, flags
         assert said in err, (flags, err)
+
+
+def test_the_cli_decodes_as_the_model_ships(tmp_path, capsys) -> None:
+    """A model that blocks trigrams, and says 6 words at most, is captioned so without flags."""
+    captioner = make_repetitive(make_tiny_captioner("lstm", max_len=8))
+    captioner.decoding = DecodingConfig(beam_size=3, block_trigrams=True, max_len=6)
+    captioner.save_pretrained(tmp_path / "blocks")
+    images = [str(p) for p in save_images(tmp_path / "imgs", 3, size=40)]
+
+    def texts(*flags: str) -> list[str]:
+        assert main(["caption", *images, "--model", str(tmp_path / "blocks"), *flags]) == 0
+        return [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+
+    shipped = texts()
+    assert not any(repeats_a_trigram(text) for text in shipped), shipped
+    assert all(len(text.split()) == 6 for text in shipped)
+    assert all(repeats_a_trigram(text) for text in texts("--block-trigrams", "False"))
+    assert all(len(text.split()) == 8 for text in texts("--max-len", "8"))
 
 
 def test_bundled_names_resolve_unless_a_folder_has_that_name(

@@ -14,9 +14,17 @@ from PIL import Image
 
 from finecap.captioner import Caption, Captioner
 from finecap.cli import main
+from finecap.config import ConfigError
 from finecap.data.images import load_image
 from finecap.decoding import DecodingConfig, SamplingConfig
-from helpers.tiny_captioners import make_talkative, make_tiny_captioner, save_images
+from helpers.tiny_captioners import (
+    make_repetitive,
+    make_talkative,
+    make_tiny_captioner,
+    random_images,
+    repeats_a_trigram,
+    save_images,
+)
 
 SAMPLING = SamplingConfig(n=3, temperature=1.5)
 
@@ -126,6 +134,44 @@ def test_a_models_own_decoding_is_saved_used_and_overridable(model_dir, paths, t
     (tmp_path / "own" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config\.json: decoding.*beam_size"):
         Captioner.from_pretrained(tmp_path / "own")
+
+
+def test_a_partial_decoding_section_keeps_the_defaults_it_leaves_out(model_dir, tmp_path) -> None:
+    folder = tmp_path / "own"
+    Captioner.from_pretrained(model_dir).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    for section, want in [
+        ({}, DecodingConfig(beam_size=3)),
+        ({"block_trigrams": True}, DecodingConfig(beam_size=3, block_trigrams=True)),
+        ({"beam_size": 1, "max_len": 4}, DecodingConfig(beam_size=1, max_len=4)),
+    ]:
+        (folder / "config.json").write_text(json.dumps(config | {"decoding": section}))
+        assert Captioner.from_pretrained(folder).decoding == want, section
+    # How many captions to return is the caller's choice, not the model's.
+    (folder / "config.json").write_text(json.dumps(config | {"decoding": {"n_best": 2}}))
+    with pytest.raises(ConfigError, match=r"config\.json: decoding.*n_best"):
+        Captioner.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config | {"decoding": [3]}))
+    with pytest.raises(ConfigError, match=r"config\.json: decoding: a mapping"):
+        Captioner.from_pretrained(folder)
+    captioner = Captioner.from_pretrained(model_dir)
+    with pytest.raises(ConfigError, match="n_best"):
+        captioner.decoding = DecodingConfig(beam_size=3, n_best=2)
+    # Written back with what it changes only.
+    captioner.decoding = DecodingConfig(beam_size=3, block_trigrams=True)
+    captioner.save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["decoding"] == {"block_trigrams": True}
+
+
+def test_a_model_that_blocks_trigrams_never_repeats_one(tmp_path) -> None:
+    captioner = make_repetitive(make_tiny_captioner("lstm", max_len=8))
+    images = random_images(3)
+    assert all(repeats_a_trigram(c.text) for c in captioner(images))  # "red red red red ..."
+    captioner.decoding = DecodingConfig(beam_size=3, block_trigrams=True)
+    captioner.save_pretrained(tmp_path / "blocks")
+    captions = Captioner.from_pretrained(tmp_path / "blocks")(images)
+    assert not any(repeats_a_trigram(c.text) for c in captions), [c.text for c in captions]
+    assert all(len(c.words) == 8 for c in captions)  # still talkative: only repeats are gone
 
 
 def test_sampling_is_reproducible_with_a_seed_and_differs_across_seeds(captioner, paths) -> None:

@@ -205,9 +205,17 @@ def test_folder_roundtrip_in_hugging_face_layout(folders, name: str, tmp_path: P
     assert json.loads((out / "finecap.json").read_text())["finecap"]["note"] == "kept"
     again = Captioner.from_pretrained(out)
     assert [c.text for c in again(images, beam_size=2)] == before
-    assert again.info["note"] == "kept"
+    assert again.info["note"] == "kept" and again.decoding == DecodingConfig(beam_size=3)
     with pytest.raises(UserError, match="no attention weights"):
         again(images[0], with_attention=True)
+    # A model's own decoding is kept in finecap.json (Hugging Face's config.json is theirs).
+    again.decoding = DecodingConfig(beam_size=2, block_trigrams=True)
+    again.save_pretrained(out)
+    assert json.loads((out / "finecap.json").read_text())["decoding"] == {
+        "beam_size": 2,
+        "block_trigrams": True,
+    }
+    assert Captioner.from_pretrained(out).decoding == again.decoding
 
 
 def test_offline_hub_name_costs_one_sentence(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -33,7 +33,13 @@ from finecap.metrics.clipscore import CLIP_S_PREFIX, clip_s
 from finecap.serve import BackgroundServer, CaptionService, ServerConfig, create_app
 from finecap.serve.app import STATIC
 from finecap.serve.batcher import MicroBatcher
-from helpers.tiny_captioners import make_talkative, make_tiny_captioner, save_images
+from helpers.tiny_captioners import (
+    make_repetitive,
+    make_talkative,
+    make_tiny_captioner,
+    repeats_a_trigram,
+    save_images,
+)
 from helpers.tiny_models import make_tiny_clip
 
 
@@ -126,6 +132,31 @@ def test_a_models_own_decoding_is_served_with_the_requests_beams(images) -> None
             expected = own.caption(load_image(images[0]), decoding=decoding)
             assert caption["text"] == expected.text, fields
             assert caption["logprob"] == pytest.approx(expected.score, abs=1e-5), fields
+
+
+def test_a_request_without_beams_gets_the_models_own(images, monkeypatch) -> None:
+    """5 beams and no trigram repeated, as the model's config.json says; a request's beams or
+    n_best change only what they name."""
+    own = make_repetitive(make_tiny_captioner("lstm", max_len=8))
+    own.decoding = DecodingConfig(beam_size=5, block_trigrams=True, max_len=7)
+    asked: list[DecodingConfig] = []
+    real = own.caption
+    monkeypatch.setattr(
+        own, "caption", lambda *a, **kw: asked.append(kw["decoding"]) or real(*a, **kw)
+    )
+    with BackgroundServer(create_app(CaptionService({"own": own}))) as running:
+        for fields, decoding in [
+            ({}, own.decoding),
+            ({"n_best": 2}, own.decoding.replace(n_best=2)),
+            ({"n_best": 6}, own.decoding.replace(beam_size=6, n_best=6)),
+            ({"beam_size": 2}, own.decoding.replace(beam_size=2)),
+        ]:
+            asked.clear()
+            response = _post(running.url, images[0], **fields)
+            assert response.status_code == 200, response.text
+            assert asked == [decoding], fields
+            for caption in response.json()["captions"]:
+                assert not repeats_a_trigram(caption["text"]) and len(caption["words"]) == 7
 
 
 def test_json_with_base64_gives_the_same_caption(server, images) -> None:

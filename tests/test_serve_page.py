@@ -8,9 +8,10 @@ from pathlib import Path
 
 from finecap.captioner import Captioner
 from finecap.data.images import load_image
+from finecap.decoding import DecodingConfig
 from finecap.serve import BackgroundServer, CaptionService, create_app
 from helpers.browser import headless_chrome, needs_chromium
-from helpers.tiny_captioners import make_talkative, make_tiny_captioner
+from helpers.tiny_captioners import make_repetitive, make_tiny_captioner
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "scene_0.png"
 
@@ -27,10 +28,9 @@ def test_page_shows_each_models_caption_and_a_words_attention(tmp_path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    models = {
-        "default": Captioner.from_pretrained(),
-        "tiny": make_talkative(make_tiny_captioner("transformer", seed=1, max_len=6)),
-    }
+    tiny = make_repetitive(make_tiny_captioner("transformer", seed=1, max_len=6))
+    tiny.decoding = DecodingConfig(beam_size=2, block_trigrams=True)  # served as it says
+    models = {"default": Captioner.from_pretrained(), "tiny": tiny}
     expected = {name: m.caption(load_image(EXAMPLE)).text for name, m in models.items()}
     driver = headless_chrome(tmp_path)
     try:
@@ -38,6 +38,7 @@ def test_page_shows_each_models_caption_and_a_words_attention(tmp_path) -> None:
             driver.get(f"{server.url}/")
             wait = WebDriverWait(driver, 30)
             wait.until(lambda d: "Models: default" in d.find_element(By.ID, "models-line").text)
+            assert driver.find_element(By.ID, "beam").get_attribute("value") == ""  # models' own
             driver.find_element(By.ID, "file").send_keys(str(EXAMPLE))
 
             def caption(name: str):
@@ -50,6 +51,8 @@ def test_page_shows_each_models_caption_and_a_words_attention(tmp_path) -> None:
             for name in models:  # what the page shows is what the model says
                 assert caption(name).text == expected[name]
             assert "batch" in driver.find_element(By.CSS_SELECTOR, ".model .numbers").text
+            how = driver.find_element(By.CSS_SELECTOR, '[data-model="tiny"] .decoding').text
+            assert how == "decodes with beam search, 2 beams, no trigram repeated"
 
             # Hover the default model's last word: its map is drawn over the image.
             word = caption("default").find_elements(By.CSS_SELECTOR, ".word")[-1]

@@ -14,10 +14,12 @@ import torch
 from finecap.captioner import Captioner
 from finecap.data.formats import load_corpus
 from finecap.data.images import load_image
+from finecap.decoding import DecodingConfig
 from finecap.scenes import generate_world
 from finecap.train.config import load_config
-from finecap.train.run import train
+from finecap.train.run import resolve_model, train
 from finecap.train.tasks import MLETask
+from helpers.tiny_captioners import make_tiny_captioner
 
 CONFIGS = sorted((Path(__file__).parents[1] / "src" / "finecap" / "configs").glob("*.yaml"))
 
@@ -80,6 +82,37 @@ def test_the_card_says_when_a_run_learned_from_the_ground_truth_too(world: Path)
     assert "ground truth" not in describe(plain_facts)
 
 
+def test_a_recipes_model_decoding_keeps_the_defaults_and_the_init_models_own(
+    tmp_path: Path,
+) -> None:
+    lstm = CONFIGS[[p.stem for p in CONFIGS].index("scenes_lstm")]
+    partial = load_config(lstm, ["model_decoding={block_trigrams: true}"]).model_decoding
+    assert partial.as_decoding() == DecodingConfig(beam_size=3, block_trigrams=True)
+    with pytest.raises(ValueError, match=r"model_decoding\.n_best.*caller's choice"):
+        load_config(lstm, ["model_decoding={beam_size: 3, n_best: 2}"])
+    limit = load_config(lstm).model.decoder.max_len
+    with pytest.raises(ValueError, match=rf"model_decoding.max_len = {limit + 1} longer"):
+        load_config(lstm, [f"model_decoding={{max_len: {limit + 1}}}"])
+    # Fine-tuning keeps the --init model's decoding unless the recipe gives one.
+    own = DecodingConfig(beam_size=2, block_trigrams=True)
+    tiny = make_tiny_captioner("lstm", max_len=8)
+    tiny.decoding = own
+    tiny.save_pretrained(tmp_path / "init")
+    scst = CONFIGS[[p.stem for p in CONFIGS].index("scst_scenes_cider")]
+    lengths = ["data.max_len=8", "decoding.max_len=8", "scst.max_len=8"]
+    config, _ = resolve_model(load_config(scst, lengths), tmp_path / "init")
+    assert config.model_decoding.as_decoding() == own
+    given = load_config(scst, [*lengths, "model_decoding={beam_size: 4}"])
+    config, _ = resolve_model(given, tmp_path / "init")
+    assert config.model_decoding.as_decoding() == DecodingConfig(beam_size=4)
+    # A card says how a model decodes only where that is not the default, in a paragraph.
+    from finecap.model_card import render_card
+
+    card = render_card({}, decoding=own)
+    assert "\n\nIt decodes by default with beam search, 2 beams, no trigram repeated" in card
+    assert "decodes by default" not in render_card({})
+
+
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {dataset: x.json}\noptim: {learning_rate: 0.1}\n")
@@ -127,7 +160,7 @@ def test_select_last_exports_the_last_epoch_and_still_validates(
     )
     model_dir = train(config)
     meta = json.loads((model_dir / "config.json").read_text())
-    assert Captioner.from_pretrained(model_dir).decoding == config.model_decoding
+    assert Captioner.from_pretrained(model_dir).decoding == config.model_decoding.as_decoding()
     assert "beam search, 2 beams, no trigram repeated" in (model_dir / "README.md").read_text()
     assert "best_val_cider" not in meta["finecap"]  # nothing was picked by a score
     assert meta["finecap"]["selected"] == "last" and meta["finecap"]["epochs"] == 2

@@ -35,12 +35,26 @@ from torch import Tensor
 from finecap.config import ConfigError
 from finecap.data.images import load_image, to_rgb
 from finecap.data.vocab import SPECIALS, Vocab
-from finecap.decoding import Decoded, DecodingConfig, SamplingConfig, decode, sample
+from finecap.decoding import (
+    DEFAULT_DECODING,
+    Decoded,
+    DecodingConfig,
+    SamplingConfig,
+    decode,
+    model_decoding,
+    own_keys,
+    sample,
+)
 from finecap.errors import MissingFileError, UserError
 from finecap.io import FOLDER_MODE
 from finecap.model_card import CARD_FILE
 from finecap.models import CaptionModel, ModelConfig
-from finecap.models.pretrained import PretrainedCaptionModel, is_pretrained_source, load_pretrained
+from finecap.models.pretrained import (
+    FACTS_FILE,
+    PretrainedCaptionModel,
+    is_pretrained_source,
+    load_pretrained,
+)
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS_DIR / "default_model"
@@ -61,7 +75,6 @@ def bundled_model_dir(name: str | os.PathLike) -> Path | None:
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 BACKBONE_DIR = "backbone"
 FORMAT = 2  # config.json layout; 1 = before the typed config layer (no "format" key)
-DEFAULT_BEAM_SIZE = 3
 
 ImageInput: TypeAlias = str | os.PathLike | Image.Image
 """What `Captioner.caption` takes for one image: a file path or a PIL image."""
@@ -102,9 +115,18 @@ class Captioner:
         self.model = model
         self.vocab = vocab
         self.info = info or {}  # config.json's "finecap" facts: how it was trained
-        # How `caption` decodes when its caller gives no `decoding`: config.json's own
-        # `decoding` (as a Hugging Face model's generation_config.json), else 3 beams.
-        self.decoding = decoding or DecodingConfig(beam_size=DEFAULT_BEAM_SIZE)
+        self.decoding = decoding
+
+    @property
+    def decoding(self) -> DecodingConfig:
+        """How `caption` decodes when its caller gives no `decoding`: config.json's own
+        `decoding` (as a Hugging Face model's generation_config.json), else 3 beams."""
+        return self._decoding
+
+    @decoding.setter
+    def decoding(self, value: DecodingConfig | None) -> None:
+        # Checked as config.json's section is (no n_best); defaults filled in.
+        self._decoding = model_decoding(value, "decoding")
 
     @property
     def config(self) -> ModelConfig:
@@ -126,7 +148,9 @@ class Captioner:
             folder = bundled
         elif folder is not None and is_pretrained_source(folder):
             model = load_pretrained(folder)
-            return cls(model, model.vocab, model.facts)
+            source = f"{Path(folder) / FACTS_FILE}: decoding"
+            decoding = model_decoding(model.saved_decoding, source)
+            return cls(model, model.vocab, model.facts, decoding)
         folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (folder / f).is_file()]
         if missing:
@@ -157,7 +181,7 @@ class Captioner:
         captioner.info = saved.get("finecap") or {}
         if saved.get("decoding") is not None:
             source = f"{folder / CONFIG_FILE}: decoding"
-            captioner.decoding = DecodingConfig.load(saved["decoding"], source)
+            captioner.decoding = model_decoding(saved["decoding"], source)
         return captioner
 
     def save_pretrained(
@@ -178,14 +202,15 @@ class Captioner:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes 0700; a model folder is for sharing
+            own = None if self._decoding == DEFAULT_DECODING else own_keys(self.decoding)
             if isinstance(self.model, PretrainedCaptionModel):
-                self.model.save_pretrained(tmp, extra)
+                self.model.save_pretrained(tmp, extra, decoding=own)
             else:
                 state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
                 save_file(state, tmp / WEIGHTS_FILE)
                 meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
-                if self.decoding != DecodingConfig(beam_size=DEFAULT_BEAM_SIZE):
-                    meta["decoding"] = self.decoding.to_dict()
+                if own is not None:
+                    meta["decoding"] = own
                 (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
                 self.vocab.save(tmp / VOCAB_FILE)
             if card is not None:

@@ -11,16 +11,23 @@ is what makes it fast on a CPU (7x against one image at a time: BENCHMARKS.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from finecap.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Settings
+from finecap.config import (
+    ConfigError,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Settings,
+)
 from finecap.data.vocab import Vocab
 from finecap.models.decoder import Decoder, reorder_state
 from finecap.models.encoders import EncoderOutput
@@ -65,6 +72,62 @@ class DecodingConfig(Settings):
         if self.block_trigrams:
             words.append("no trigram repeated")
         return ", ".join(words)
+
+
+DEFAULT_BEAM_SIZE = 3
+"""Beams of a model that names no decoding of its own."""
+
+
+class ModelDecodingConfig(DecodingConfig):
+    """A model's own decoding: its config.json's `decoding` (finecap.json's for a Hugging
+    Face captioner), written from a recipe's `model_decoding`, as a Hugging Face model's
+    generation_config.json. `Captioner.caption`, `finecap caption` and the service decode
+    with it where their caller sets nothing else. A key left out keeps finecap's default
+    (3 beams, no trigram blocked); how many captions to return is each caller's choice, so
+    n_best is not the model's to set."""
+
+    beam_size: PositiveInt = DEFAULT_BEAM_SIZE
+    """1 = greedy decoding."""
+    max_len: PositiveInt | None = None
+    """Most words per caption, at most the model's decoder.max_len (None: 20, capped at it)."""
+
+    @field_validator("n_best")
+    @classmethod
+    def _no_n_best(cls, n_best: int) -> int:
+        if n_best != 1:
+            raise ValueError(
+                "how many captions to return is each caller's choice (--n-best, a request's "
+                "n_best), not the model's; leave it out"
+            )
+        return n_best
+
+    def as_decoding(self) -> DecodingConfig:
+        """The same settings as a plain `DecodingConfig`, which callers may change freely."""
+        return DecodingConfig(**self.model_dump(exclude_none=True))
+
+
+DEFAULT_DECODING = ModelDecodingConfig().as_decoding()
+"""How a model that names no decoding of its own decodes: beam search with 3 beams."""
+
+
+def model_decoding(given: DecodingConfig | Mapping[str, Any] | None, source: str) -> DecodingConfig:
+    """A model's own decoding, checked as `ModelDecodingConfig` (defaults filled in, no
+    n_best): a `ConfigError` naming `source` and the key otherwise. None: the default, 3
+    beams. (Its max_len is capped at the model's decoder.max_len where it is used.)"""
+    if isinstance(given, DecodingConfig):
+        given = given.to_dict()
+    if not isinstance(given, Mapping | None):
+        raise ConfigError(f"{source}: a mapping of decoding settings, not {type(given).__name__}")
+    return ModelDecodingConfig.load(dict(given or {}), source).as_decoding()
+
+
+def own_keys(decoding: DecodingConfig) -> dict:
+    """What a model's decoding changes from the default (3 beams): the keys config.json's
+    `decoding` is written with."""
+    own = ModelDecodingConfig(**decoding.model_dump())
+    if own.max_len == DecodingConfig().max_len:
+        own.max_len = None
+    return own.model_dump(mode="json", exclude_defaults=True)
 
 
 @dataclass

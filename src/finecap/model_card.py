@@ -133,7 +133,7 @@ def render_card(
         "",
     ]
     if decoding is not None:
-        lines[-1:] = [
+        lines += [
             f"It decodes by default with {decoding.describe()} (config.json's `decoding`); "
             "settings a caller gives replace it.",
             "",

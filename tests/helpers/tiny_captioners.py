@@ -127,6 +127,22 @@ def make_talkative(captioner: Captioner) -> Captioner:
     return captioner
 
 
+def make_repetitive(captioner: Captioner, word: str = "red") -> Captioner:
+    """`make_talkative`, and `word` made far likelier than any other: plain decoding then
+    says "red red red ..." (a trigram repeated from four words on), so a test sees whether
+    trigram blocking was applied."""
+    make_talkative(captioner)
+    with torch.no_grad():
+        captioner.model.decoder.out.bias[captioner.vocab.stoi[word]] = 30.0
+    return captioner
+
+
+def repeats_a_trigram(text: str) -> bool:
+    words = text.split()
+    trigrams = list(zip(words, words[1:], words[2:], strict=False))
+    return len(set(trigrams)) < len(trigrams)
+
+
 def random_images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [

@@ -32,7 +32,6 @@ from tyro.conf import Positional
 
 from finecap.attention_maps import figure_names, save_attention_figure
 from finecap.captioner import (
-    DEFAULT_BEAM_SIZE,
     DEFAULT_MODEL_DIR,
     Caption,
     Captioner,
@@ -93,9 +92,9 @@ class CaptionOptions(Settings):
     """Nucleus sampling: among the most likely words holding this much probability (default 1)."""
     seed: int | None = None
     """Makes --sample reproducible for the same images and --batch-size (default: random)."""
-    max_len: PositiveInt = 20
+    max_len: PositiveInt | None = None
     """Most new tokens per caption (words; a pretrained captioner's own tokens), capped at the
-    model's own limit."""
+    model's own limit (default: the model's own, 20 unless its config.json says otherwise)."""
     batch_size: PositiveInt = 32
     """Images decoded together."""
     as_json: Annotated[bool, tyro.conf.arg(name="json")] = False
@@ -158,7 +157,7 @@ def _load_captioner(model: str | None) -> Captioner:
 
 def handler(args: CaptionOptions) -> int:
     # Everything that can be refused is, before the model loads and anything is captioned.
-    settings = _decoding_settings(args)
+    settings = _sampling_settings(args)
     corpus = _load_dataset(args)
     items = _items(args, corpus)
     if args.out is not None:
@@ -174,7 +173,7 @@ def handler(args: CaptionOptions) -> int:
         where = f"the bundled {args.model} model"
     else:
         where = args.model
-    if isinstance(settings, DecodingConfig):
+    if settings is None:
         settings = _with_model_decoding(args, captioner.decoding)
     how = f"; {settings.describe()}" if isinstance(settings, DecodingConfig) else ""
     print(f"{PROG}: using {where} ({describe(captioner.info)}{how})", file=sys.stderr)
@@ -224,9 +223,9 @@ def handler(args: CaptionOptions) -> int:
     return 1 if failed else 0
 
 
-def _decoding_settings(args: CaptionOptions) -> DecodingConfig | SamplingConfig:
-    """Beam search or sampling settings from the flags; flags of the other kind are refused
-    rather than ignored."""
+def _sampling_settings(args: CaptionOptions) -> SamplingConfig | None:
+    """Sampling settings from the flags, or None for beam search (the model's own decoding,
+    `_with_model_decoding`); flags of the other kind are refused rather than ignored."""
     knobs = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     if args.sample:
         beam_only = {"--beam-size": args.beam_size, "--block-trigrams": args.block_trigrams}
@@ -236,24 +235,28 @@ def _decoding_settings(args: CaptionOptions) -> DecodingConfig | SamplingConfig:
                 "--sample draws --n-best captions per image"
             )
         given = {key: value for key, value in knobs.items() if value is not None}
-        return SamplingConfig(n=args.n_best, max_len=args.max_len, **given)
+        if args.max_len is not None:
+            given["max_len"] = args.max_len
+        return SamplingConfig(n=args.n_best, **given)
     given = [f"--{key.replace('_', '-')}" for key, value in knobs.items() if value is not None]
     given += ["--seed"] if args.seed is not None else []
     if given:
         raise CaptionInputError(f"{', '.join(given)}: only with --sample")
-    beam_size = args.beam_size or max(DEFAULT_BEAM_SIZE, args.n_best)
-    if args.n_best > beam_size:
+    if args.beam_size is not None and args.n_best > args.beam_size:
         raise CaptionInputError(
-            f"--n-best {args.n_best} is more than --beam-size {beam_size}: beam search keeps "
-            "at most one caption per beam"
+            f"--n-best {args.n_best} is more than --beam-size {args.beam_size}: beam search "
+            "keeps at most one caption per beam"
         )
-    return DecodingConfig(beam_size=beam_size, max_len=args.max_len, n_best=args.n_best)
+    return None
 
 
 def _with_model_decoding(args: CaptionOptions, model: DecodingConfig) -> DecodingConfig:
-    """The model's own decoding (its config.json's `decoding`) with the flags given."""
+    """The model's own decoding (its config.json's `decoding`) with the flags given; with no
+    --beam-size, the model's beams or --n-best if larger."""
     changes = {"beam_size": args.beam_size or max(model.beam_size, args.n_best)}
-    changes |= {"max_len": args.max_len, "n_best": args.n_best}
+    changes["n_best"] = args.n_best
+    if args.max_len is not None:
+        changes["max_len"] = args.max_len
     if args.block_trigrams is not None:
         changes["block_trigrams"] = args.block_trigrams
     return model.replace(**changes)

@@ -223,7 +223,8 @@ async def _prepare(request: Request, state: _State) -> tuple[BatchKey, Job, str]
         image = await asyncio.wait_for(decoding, config.timeout_s)
     except asyncio.TimeoutError:
         raise _timed_out(name, config) from None
-    key = BatchKey(model, options.beams, options.n_best, options.with_attention)
+    beams = options.beams(service.models[model].decoding.beam_size)
+    key = BatchKey(model, beams, options.n_best, options.with_attention)
     return key, Job(image, options.with_scores, deadline), name
 
 

@@ -12,13 +12,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
 
-from finecap.captioner import DEFAULT_BEAM_SIZE
 from finecap.config import NonNegativeFloat, PositiveFloat, PositiveInt, Settings
 from finecap.data.images import DEFAULT_MAX_PIXELS
 
 MAX_BEAM_SIZE = 16
 """Largest beam a request may ask for: a beam costs decoder rows for the whole batch."""
-MAX_CAPTION_LEN = 20  # `finecap caption --max-len`'s default; capped at each model's own limit
 
 
 class ServerConfig(Settings):
@@ -55,7 +53,8 @@ class CaptionRequest(Settings):
     model: str | None = None
     """A loaded model's name (`GET /v1/models`); default: the first one."""
     beam_size: Annotated[int, Field(ge=1, le=MAX_BEAM_SIZE)] | None = None
-    """Beams per image; 1 = greedy (default: 3, or n_best if larger), as `finecap caption`."""
+    """Beams per image; 1 = greedy (default: the model's own, `GET /v1/models`' decoding, or
+    n_best if larger), as `finecap caption`."""
     n_best: Annotated[int, Field(ge=1, le=MAX_BEAM_SIZE)] = 1
     """Captions returned, best first (at most beam_size)."""
     with_attention: bool = False
@@ -74,10 +73,10 @@ class CaptionRequest(Settings):
             )
         return self
 
-    @property
-    def beams(self) -> int:
-        """The beam size to decode with: `finecap caption`'s rule for a missing one."""
-        return self.beam_size or max(DEFAULT_BEAM_SIZE, self.n_best)
+    def beams(self, model_beams: int) -> int:
+        """The beam size to decode with, the model's own being `model_beams`: `finecap
+        caption`'s rule for a missing one."""
+        return self.beam_size or max(model_beams, self.n_best)
 
 
 class Attention(BaseModel):
@@ -93,7 +92,9 @@ class CaptionOut(BaseModel):
     """CLIP-S (Hessel et al. 2021: 2.5 x max(cos, 0)) when the service has a CLIP and
     with_scores was asked; else null."""
     logprob: float
-    """The model's own ranking score: the caption's summed log-probability."""
+    """The model's own ranking score: the caption's summed log-probability (its words' and
+    <eos>'s); where the model's decoding has a length penalty (`GET /v1/models`), that sum
+    divided by ((5 + length) / 6) ** alpha, as beam search ranks it."""
     words: list[str]
     attention: Attention | None = None
 

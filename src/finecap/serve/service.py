@@ -18,7 +18,7 @@ from finecap.captioner import BUNDLED_MODELS, Caption, Captioner
 from finecap.errors import UserError
 from finecap.metrics.clipscore import CLIP_S_PREFIX, clip_s
 from finecap.model_card import describe
-from finecap.serve.config import MAX_CAPTION_LEN, Attention, CaptionOut, ModelOut
+from finecap.serve.config import Attention, CaptionOut, ModelOut
 
 DEFAULT_NAME = "default"
 """The bundled default model's name in the API (`--model` absent)."""
@@ -123,9 +123,7 @@ class CaptionService:
         """Caption a batch of images alike (runs in the model thread)."""
         captioner = self.models[key.model]
         # The model's own decoding (its config.json's), with the request's beams.
-        decoding = captioner.decoding.replace(
-            beam_size=key.beam_size, n_best=key.n_best, max_len=MAX_CAPTION_LEN
-        )
+        decoding = captioner.decoding.replace(beam_size=key.beam_size, n_best=key.n_best)
         captions = captioner.caption(
             [job.image for job in jobs],
             decoding=decoding,

@@ -29,7 +29,7 @@ from finecap.config import (
     registered_name,
 )
 from finecap.data.augment import AugmentConfig
-from finecap.decoding import DecodingConfig
+from finecap.decoding import DecodingConfig, ModelDecodingConfig
 from finecap.models import ModelConfig
 from finecap.models.pretrained import PretrainedModelConfig
 from finecap.rewards.base import RewardConfig, reward_config_class
@@ -234,10 +234,12 @@ class TrainConfig(Settings):
     trainer: TrainerConfig = TrainerConfig()
     decoding: DecodingConfig = DecodingConfig()
     """Decoding used for validation captions."""
-    model_decoding: DecodingConfig | None = None
+    model_decoding: ModelDecodingConfig | None = None
     """The exported model's own decoding (its config.json's `decoding`, as a Hugging Face
     model's generation_config.json): what `finecap caption`, the service and
-    `Captioner.caption` use where their caller sets nothing else. None: 3 beams."""
+    `Captioner.caption` use where their caller sets nothing else. Keys left out keep the
+    default (3 beams). None: the `--init` model's own, as fine-tuning keeps a Hugging Face
+    model's generation config (3 beams for a model trained from scratch)."""
     scst: SCSTConfig | None = None
     """Self-critical settings; required (defaults filled in) when task is scst."""
 
@@ -271,6 +273,8 @@ def check_lengths(config: TrainConfig) -> None:
     (model.decoder.max_len, the size of the transformer's position table)."""
     limit = config.model.decoder.max_len
     lengths = {"data.max_len": config.data.max_len, "decoding.max_len": config.decoding.max_len}
+    if config.model_decoding is not None and config.model_decoding.max_len is not None:
+        lengths["model_decoding.max_len"] = config.model_decoding.max_len
     if config.scst is not None:
         lengths["scst.max_len"] = config.scst.max_len
     over = [f"{key} = {value}" for key, value in lengths.items() if value > limit]

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finecap.captioner import Captioner
 from finecap.config import ConfigError
+from finecap.decoding import DEFAULT_DECODING, own_keys
 from finecap.distributed import is_primary_process
 from finecap.io import FolderLock, atomic_write_text
 from finecap.model_card import describe, render_card, training_facts
@@ -64,7 +65,8 @@ def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainCo
     model config replaces the recipe's; the lengths are checked against it again. How to
     train its encoder (`model.encoder.freeze` / `unfreeze_after_epochs`, where the recipe or
     --set gives them) still comes from the recipe. `--init` may be a finecap folder or a
-    Hugging Face captioner (hub name or folder: `finecap.models.pretrained`).
+    Hugging Face captioner (hub name or folder: `finecap.models.pretrained`). A recipe
+    without `model_decoding` keeps the `--init` model's own decoding.
     """
     if init is None:
         if config.model is None:
@@ -81,7 +83,10 @@ def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainCo
         model["encoder"].update(
             {k: getattr(given, k) for k in schedule if k in given.model_fields_set}
         )
-    return config.replace(model=model), initial
+    changes = {"model": model}
+    if config.model_decoding is None and initial.decoding != DEFAULT_DECODING:
+        changes["model_decoding"] = own_keys(initial.decoding)
+    return config.replace(**changes), initial
 
 
 def run_identity(config: TrainConfig) -> dict:
@@ -242,8 +247,8 @@ def export_selected(
         extra["steps"] = int(state["global_step"])
     if best.best_model_score is not None:
         extra["best_val_cider"] = float(best.best_model_score)
-    decoding = task.config.model_decoding
-    card = render_card(extra, title=f"finecap captioner: {describe(extra)}", decoding=decoding)
-    captioner = Captioner(task.model.cpu().eval(), task.vocab, decoding=decoding)
+    captioner = Captioner(task.model.cpu().eval(), task.vocab, decoding=task.config.model_decoding)
+    own = None if captioner.decoding == DEFAULT_DECODING else captioner.decoding
+    card = render_card(extra, title=f"finecap captioner: {describe(extra)}", decoding=own)
     captioner.save_pretrained(folder, extra, card=card)
     return folder

@@ -74,14 +74,19 @@ class PretrainedCaptionModel(CaptionModel):
         # its parameters (the parts') are named once, as encoder.* and decoder.*.
         self.__dict__["hf"] = hf
         self.facts: dict = {"task": f"pretrained {architecture}"}
+        self.saved_decoding: dict | None = None  # finecap.json's `decoding`, unchecked
 
-    def save_pretrained(self, folder: str | os.PathLike, facts: dict | None = None) -> None:
-        """Hugging Face's layout in `folder` (which exists), plus finecap.json with `facts`."""
+    def save_pretrained(
+        self, folder: str | os.PathLike, facts: dict | None = None, decoding: dict | None = None
+    ) -> None:
+        """Hugging Face's layout in `folder` (which exists), plus finecap.json with `facts`
+        and, if given, the model's own `decoding` (`finecap.decoding.ModelDecodingConfig`)."""
         folder = Path(folder)
         self.hf.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.processor.save_pretrained(folder)
-        (folder / FACTS_FILE).write_text(json.dumps({"finecap": facts or {}}, indent=2))
+        meta = {"finecap": facts or {}} | ({"decoding": decoding} if decoding else {})
+        (folder / FACTS_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def looks_like_hub_name(name: str) -> bool:
@@ -129,7 +134,9 @@ def load_pretrained(source: str | os.PathLike) -> PretrainedCaptionModel:
     facts_file = Path(source) / FACTS_FILE
     if facts_file.is_file():
         try:
-            model.facts = json.loads(facts_file.read_text(encoding="utf-8"))["finecap"]
+            saved = json.loads(facts_file.read_text(encoding="utf-8"))
+            model.facts = saved["finecap"]
+            model.saved_decoding = saved.get("decoding")
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{facts_file}: not a finecap facts file ({err})") from None
     return model.eval()

@@ -71,16 +71,19 @@ async function captionWith(model, file, card, columns) {
   const about = document.createElement("p");
   about.className = "about";
   about.textContent = model.description;
+  const how = document.createElement("p");
+  how.className = "about decoding";
+  how.textContent = `decodes with ${model.decoding}`;  // its config.json's, unless Beam size is set
   const status = document.createElement("p");
   status.className = "numbers";
   status.textContent = "captioning…";
-  column.append(title, about, status);
+  column.append(title, about, how, status);
   columns.append(column);
 
   const form = new FormData();
   form.append("image", file, file.name);
   form.append("model", model.name);
-  form.append("beam_size", $("beam").value || "3");
+  if ($("beam").value) form.append("beam_size", $("beam").value);  // else the model's own
   form.append("with_attention", "true");
   form.append("with_scores", "true");
   let response, body;
