@@ -419,6 +419,7 @@ def test_the_cli_decodes_as_the_model_ships(tmp_path, capsys) -> None:
     assert all(len(text.split()) == 6 for text in shipped)
     assert all(repeats_a_trigram(text) for text in texts("--block-trigrams", "False"))
     assert all(len(text.split()) == 8 for text in texts("--max-len", "8"))
+    assert all(len(text.split()) == 6 for text in texts("--sample", "--seed", "0"))
 
 
 def test_bundled_names_resolve_unless_a_folder_has_that_name(

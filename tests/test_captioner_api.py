@@ -16,7 +16,7 @@ from finecap.captioner import Caption, Captioner
 from finecap.cli import main
 from finecap.config import ConfigError
 from finecap.data.images import load_image
-from finecap.decoding import DecodingConfig, SamplingConfig
+from finecap.decoding import DecodingConfig, ModelDecodingConfig, SamplingConfig
 from helpers.tiny_captioners import (
     make_repetitive,
     make_talkative,
@@ -114,7 +114,7 @@ def test_beam_size_beside_decoding_overrides_it(captioner, paths) -> None:
 
 def test_a_models_own_decoding_is_saved_used_and_overridable(model_dir, paths, tmp_path) -> None:
     assert "decoding" not in json.loads((model_dir / "config.json").read_text())  # 3 beams
-    own = DecodingConfig(beam_size=2, block_trigrams=True, length_penalty=0.5)
+    own = DecodingConfig(beam_size=2, block_trigrams=True, length_penalty=0.5, max_len=6)
     captioner = Captioner.from_pretrained(model_dir)
     captioner.decoding = own
     captioner.save_pretrained(tmp_path / "own")
@@ -136,13 +136,15 @@ def test_a_models_own_decoding_is_saved_used_and_overridable(model_dir, paths, t
         Captioner.from_pretrained(tmp_path / "own")
 
 
-def test_a_partial_decoding_section_keeps_the_defaults_it_leaves_out(model_dir, tmp_path) -> None:
+def test_a_partial_decoding_section_keeps_the_defaults_it_leaves_out(
+    model_dir, tmp_path, paths
+) -> None:
     folder = tmp_path / "own"
     Captioner.from_pretrained(model_dir).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     for section, want in [
-        ({}, DecodingConfig(beam_size=3)),
-        ({"block_trigrams": True}, DecodingConfig(beam_size=3, block_trigrams=True)),
+        ({}, DecodingConfig(beam_size=3, max_len=6)),  # 20 words, capped at the decoder's 6
+        ({"block_trigrams": True}, DecodingConfig(beam_size=3, max_len=6, block_trigrams=True)),
         ({"beam_size": 1, "max_len": 4}, DecodingConfig(beam_size=1, max_len=4)),
     ]:
         (folder / "config.json").write_text(json.dumps(config | {"decoding": section}))
@@ -157,10 +159,15 @@ def test_a_partial_decoding_section_keeps_the_defaults_it_leaves_out(model_dir, 
     captioner = Captioner.from_pretrained(model_dir)
     with pytest.raises(ConfigError, match="n_best"):
         captioner.decoding = DecodingConfig(beam_size=3, n_best=2)
-    # Written back with what it changes only.
-    captioner.decoding = DecodingConfig(beam_size=3, block_trigrams=True)
+    # Written back with what it changes only; a max_len over the decoder's is capped at it.
+    captioner.decoding = {"max_len": 10}  # the decoder's max_len is 6
+    assert captioner.decoding == DecodingConfig(beam_size=3, max_len=6)
+    assert captioner.own_decoding() == {}
+    captioner.decoding = ModelDecodingConfig(block_trigrams=True)
     captioner.save_pretrained(folder)
     assert json.loads((folder / "config.json").read_text())["decoding"] == {"block_trigrams": True}
+    # A model's decoding is a decoding a caller may pass, too.
+    assert captioner(paths, decoding=ModelDecodingConfig(block_trigrams=True))[0].text
 
 
 def test_a_model_that_blocks_trigrams_never_repeats_one(tmp_path) -> None:

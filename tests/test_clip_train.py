@@ -24,6 +24,7 @@ from finecap.clip.train import (
     clip_loss,
     encode_texts,
     save_tokenizer,
+    text_gap_loss,
     train_bpe_tokenizer,
     train_clip,
 )
@@ -89,6 +90,16 @@ def test_clip_loss_prefers_aligned_pairs() -> None:
     aligned = clip_loss(img, img, scale)
     shuffled = clip_loss(img, img.roll(1, dims=0), scale)
     assert aligned < shuffled
+
+
+def test_text_gap_loss_pays_only_for_texts_too_close_to_their_negative() -> None:
+    txt = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1).requires_grad_()
+    tied = text_gap_loss(txt, txt.detach(), max_cos=0.9)
+    assert tied.item() == pytest.approx(0.1, abs=1e-5)  # cos 1: 1 - 0.9
+    tied.backward()
+    assert txt.grad.abs().sum() > 0  # the text tower is pushed to part them
+    opposite = text_gap_loss(txt.detach(), -txt.detach(), max_cos=0.9)
+    assert opposite.item() == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +230,7 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     cfg = ClipTrainConfig(
         epochs=1, batch_size=16, dense_weight=1.0, bag_weight=1.0, pair_weight=1.0,
         position_weight=1.0, relation_weight=1.0, hard_negative_prob=1.0, description_prob=1.0,
+        text_gap_weight=1.0,
     )  # fmt: skip
     # One step by hand (no trainer: its logging is skipped): the heads and the gate learn.
     corpus = load_corpus(world)
@@ -231,6 +243,7 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     task = ClipTask(model, tokenizer, cfg, 1e-3)
     loss = task.training_step(batch, 0)
     terms = {"bag_weight": 0.0, "pair_weight": 0.0, "position_weight": 0.0, "relation_weight": 0.0}
+    terms["text_gap_weight"] = 0.0
     plain = ClipTask(model, tokenizer, cfg.replace(**terms), 1e-3)
     assert loss > plain.training_step(batch, 0) + 0.1  # the terms count (each > 0)
     no_position = ClipTask(model, tokenizer, cfg.replace(position_weight=0.0), 1e-3)

@@ -157,6 +157,12 @@ def test_a_request_without_beams_gets_the_models_own(images, monkeypatch) -> Non
             assert asked == [decoding], fields
             for caption in response.json()["captions"]:
                 assert not repeats_a_trigram(caption["text"]) and len(caption["words"]) == 7
+        [listed] = httpx.get(f"{running.url}/v1/models").json()["models"]
+        assert listed["max_len"] == 7
+    # More beams than a request may ask for is refused when the service is made.
+    own.decoding = DecodingConfig(beam_size=17)
+    with pytest.raises(UserError, match="model own: its decoding has 17 beams"):
+        CaptionService({"own": own})
 
 
 def test_json_with_base64_gives_the_same_caption(server, images) -> None:

@@ -52,7 +52,7 @@ def test_page_shows_each_models_caption_and_a_words_attention(tmp_path) -> None:
                 assert caption(name).text == expected[name]
             assert "batch" in driver.find_element(By.CSS_SELECTOR, ".model .numbers").text
             how = driver.find_element(By.CSS_SELECTOR, '[data-model="tiny"] .decoding').text
-            assert how == "decodes with beam search, 2 beams, no trigram repeated"
+            assert how == "its own decoding: beam search, 2 beams, no trigram repeated"
 
             # Hover the default model's last word: its map is drawn over the image.
             word = caption("default").find_elements(By.CSS_SELECTOR, ".word")[-1]

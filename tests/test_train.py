@@ -90,9 +90,6 @@ def test_a_recipes_model_decoding_keeps_the_defaults_and_the_init_models_own(
     assert partial.as_decoding() == DecodingConfig(beam_size=3, block_trigrams=True)
     with pytest.raises(ValueError, match=r"model_decoding\.n_best.*caller's choice"):
         load_config(lstm, ["model_decoding={beam_size: 3, n_best: 2}"])
-    limit = load_config(lstm).model.decoder.max_len
-    with pytest.raises(ValueError, match=rf"model_decoding.max_len = {limit + 1} longer"):
-        load_config(lstm, [f"model_decoding={{max_len: {limit + 1}}}"])
     # Fine-tuning keeps the --init model's decoding unless the recipe gives one.
     own = DecodingConfig(beam_size=2, block_trigrams=True)
     tiny = make_tiny_captioner("lstm", max_len=8)
@@ -105,7 +102,7 @@ def test_a_recipes_model_decoding_keeps_the_defaults_and_the_init_models_own(
     given = load_config(scst, [*lengths, "model_decoding={beam_size: 4}"])
     config, _ = resolve_model(given, tmp_path / "init")
     assert config.model_decoding.as_decoding() == DecodingConfig(beam_size=4)
-    # A card says how a model decodes only where that is not the default, in a paragraph.
+    # The card's line on a model's own decoding is a paragraph of its own.
     from finecap.model_card import render_card
 
     card = render_card({}, decoding=own)
@@ -128,6 +125,9 @@ def test_train_resume_export(world: Path, tmp_path: Path) -> None:
     assert (out / "checkpoints" / "last.ckpt").is_file()
     meta = json.loads((model_dir / "config.json").read_text())
     assert meta["finecap"]["best_val_cider"] is not None
+    # No model_decoding: 3 beams, which neither config.json nor the card spells out.
+    assert "decoding" not in meta
+    assert "decodes by default" not in (model_dir / "README.md").read_text()
     # The model card says what it was trained on, how, and what was measured.
     facts = meta["finecap"]
     assert facts["dataset"]["synthetic_scenes"] and facts["recipe"]["task"] == "mle"

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
@@ -36,13 +36,11 @@ from finecap.config import ConfigError
 from finecap.data.images import load_image, to_rgb
 from finecap.data.vocab import SPECIALS, Vocab
 from finecap.decoding import (
-    DEFAULT_DECODING,
     Decoded,
     DecodingConfig,
     SamplingConfig,
     decode,
     model_decoding,
-    own_keys,
     sample,
 )
 from finecap.errors import MissingFileError, UserError
@@ -110,23 +108,33 @@ class Captioner:
         model: CaptionModel,
         vocab: Vocab,
         info: dict | None = None,
-        decoding: DecodingConfig | None = None,
+        decoding: DecodingConfig | Mapping | None = None,
     ) -> None:
         self.model = model
         self.vocab = vocab
         self.info = info or {}  # config.json's "finecap" facts: how it was trained
-        self.decoding = decoding
+        self._set_decoding(decoding, "decoding")
 
     @property
     def decoding(self) -> DecodingConfig:
         """How `caption` decodes when its caller gives no `decoding`: config.json's own
-        `decoding` (as a Hugging Face model's generation_config.json), else 3 beams."""
+        `decoding` (as a Hugging Face model's generation_config.json), else 3 beams; its
+        max_len capped at the decoder's."""
         return self._decoding
 
     @decoding.setter
-    def decoding(self, value: DecodingConfig | None) -> None:
-        # Checked as config.json's section is (no n_best); defaults filled in.
-        self._decoding = model_decoding(value, "decoding")
+    def decoding(self, value: DecodingConfig | Mapping | None) -> None:
+        self._set_decoding(value, "decoding")
+
+    def _set_decoding(self, value: DecodingConfig | Mapping | None, source: str) -> None:
+        # Checked as config.json's section is: defaults filled in, n_best refused.
+        self._decoding = model_decoding(value, source, self.config.decoder.max_len)
+
+    def own_decoding(self) -> dict:
+        """What `decoding` changes from the default one (3 beams, at most 20 words or the
+        decoder's max_len): the section config.json is written with; {} for the default."""
+        default = model_decoding(None, "decoding", self.config.decoder.max_len).to_dict()
+        return {k: v for k, v in self.decoding.to_dict().items() if v != default[k]}
 
     @property
     def config(self) -> ModelConfig:
@@ -148,9 +156,10 @@ class Captioner:
             folder = bundled
         elif folder is not None and is_pretrained_source(folder):
             model = load_pretrained(folder)
+            captioner = cls(model, model.vocab, model.facts)
             source = f"{Path(folder) / FACTS_FILE}: decoding"
-            decoding = model_decoding(model.saved_decoding, source)
-            return cls(model, model.vocab, model.facts, decoding)
+            captioner._set_decoding(model.saved_decoding, source)
+            return captioner
         folder = Path(folder) if folder is not None else DEFAULT_MODEL_DIR
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE) if not (folder / f).is_file()]
         if missing:
@@ -179,9 +188,7 @@ class Captioner:
         captioner.model.eval()
         saved = json.loads((folder / CONFIG_FILE).read_text())
         captioner.info = saved.get("finecap") or {}
-        if saved.get("decoding") is not None:
-            source = f"{folder / CONFIG_FILE}: decoding"
-            captioner.decoding = model_decoding(saved["decoding"], source)
+        captioner._set_decoding(saved.get("decoding"), f"{folder / CONFIG_FILE}: decoding")
         return captioner
 
     def save_pretrained(
@@ -202,14 +209,14 @@ class Captioner:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             os.chmod(tmp, FOLDER_MODE)  # mkdtemp makes 0700; a model folder is for sharing
-            own = None if self._decoding == DEFAULT_DECODING else own_keys(self.decoding)
+            own = self.own_decoding()  # {}: the default, not written
             if isinstance(self.model, PretrainedCaptionModel):
                 self.model.save_pretrained(tmp, extra, decoding=own)
             else:
                 state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
                 save_file(state, tmp / WEIGHTS_FILE)
                 meta = {"format": FORMAT, "model": self.config.to_dict(), "finecap": extra or {}}
-                if own is not None:
+                if own:
                     meta["decoding"] = own
                 (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
                 self.vocab.save(tmp / VOCAB_FILE)

@@ -83,13 +83,11 @@ class ModelDecodingConfig(DecodingConfig):
     Face captioner), written from a recipe's `model_decoding`, as a Hugging Face model's
     generation_config.json. `Captioner.caption`, `finecap caption` and the service decode
     with it where their caller sets nothing else. A key left out keeps finecap's default
-    (3 beams, no trigram blocked); how many captions to return is each caller's choice, so
-    n_best is not the model's to set."""
+    (3 beams, no trigram blocked, at most 20 words); how many captions to return is each
+    caller's choice, so an n_best other than 1 is refused."""
 
     beam_size: PositiveInt = DEFAULT_BEAM_SIZE
     """1 = greedy decoding."""
-    max_len: PositiveInt | None = None
-    """Most words per caption, at most the model's decoder.max_len (None: 20, capped at it)."""
 
     @field_validator("n_best")
     @classmethod
@@ -102,32 +100,22 @@ class ModelDecodingConfig(DecodingConfig):
         return n_best
 
     def as_decoding(self) -> DecodingConfig:
-        """The same settings as a plain `DecodingConfig`, which callers may change freely."""
-        return DecodingConfig(**self.model_dump(exclude_none=True))
+        """The same settings as a plain `DecodingConfig`, whose n_best callers may change."""
+        return DecodingConfig(**self.model_dump())
 
 
-DEFAULT_DECODING = ModelDecodingConfig().as_decoding()
-"""How a model that names no decoding of its own decodes: beam search with 3 beams."""
-
-
-def model_decoding(given: DecodingConfig | Mapping[str, Any] | None, source: str) -> DecodingConfig:
-    """A model's own decoding, checked as `ModelDecodingConfig` (defaults filled in, no
-    n_best): a `ConfigError` naming `source` and the key otherwise. None: the default, 3
-    beams. (Its max_len is capped at the model's decoder.max_len where it is used.)"""
+def model_decoding(
+    given: DecodingConfig | Mapping[str, Any] | None, source: str, max_len: int
+) -> DecodingConfig:
+    """A model's own decoding: `given` checked as `ModelDecodingConfig` (a `ConfigError`
+    naming `source` and the key otherwise; None: the default), its max_len capped at the
+    model's `max_len` (decoder.max_len: the model has no room for longer captions)."""
     if isinstance(given, DecodingConfig):
         given = given.to_dict()
     if not isinstance(given, Mapping | None):
         raise ConfigError(f"{source}: a mapping of decoding settings, not {type(given).__name__}")
-    return ModelDecodingConfig.load(dict(given or {}), source).as_decoding()
-
-
-def own_keys(decoding: DecodingConfig) -> dict:
-    """What a model's decoding changes from the default (3 beams): the keys config.json's
-    `decoding` is written with."""
-    own = ModelDecodingConfig(**decoding.model_dump())
-    if own.max_len == DecodingConfig().max_len:
-        own.max_len = None
-    return own.model_dump(mode="json", exclude_defaults=True)
+    own = ModelDecodingConfig.load(dict(given or {}), source).as_decoding()
+    return own.replace(max_len=min(own.max_len, max_len))
 
 
 @dataclass

@@ -77,6 +77,7 @@ __all__ = [
     "pooled_texts",
     "save_tokenizer",
     "shift",
+    "text_gap_loss",
     "train_bpe_tokenizer",
     "train_clip",
     "vision_grid",
@@ -111,6 +112,12 @@ def pair_loss(
     scale = logit_scale.exp().clamp(max=100)
     logits = scale * torch.stack([(img * txt).sum(-1), (img * negatives).sum(-1)], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(img), dtype=torch.long, device=img.device))
+
+
+def text_gap_loss(txt: torch.Tensor, negatives: torch.Tensor, max_cos: float) -> torch.Tensor:
+    """Mean hinge max(0, cos(text, its negative) - max_cos) over the pairs (M, P) each,
+    unit vectors: the text tower parts a text from the same text with one fact changed."""
+    return F.relu((txt * negatives).sum(-1) - max_cos).mean()
 
 
 class ClipTask(L.LightningModule):
@@ -171,6 +178,10 @@ class ClipTask(L.LightningModule):
             pair = pair_loss(img[has_negative], txt[has_negative], neg, self.model.logit_scale)
             self.log("pair", pair, prog_bar=True, on_epoch=True, batch_size=batch_size)
             loss = loss + self.cfg.pair_weight * pair
+        if self.cfg.text_gap_weight > 0 and len(neg):
+            gap = text_gap_loss(txt[has_negative], neg, self.cfg.text_gap_cos)
+            self.log("text_gap", gap, prog_bar=True, on_epoch=True, batch_size=batch_size)
+            loss = loss + self.cfg.text_gap_weight * gap
         self.log("loss", loss, prog_bar=True, on_epoch=True, batch_size=batch_size)
         self.log("scale", self.model.logit_scale.exp(), prog_bar=True, batch_size=batch_size)
         return loss

@@ -94,7 +94,7 @@ class CaptionOptions(Settings):
     """Makes --sample reproducible for the same images and --batch-size (default: random)."""
     max_len: PositiveInt | None = None
     """Most new tokens per caption (words; a pretrained captioner's own tokens), capped at the
-    model's own limit (default: the model's own, 20 unless its config.json says otherwise)."""
+    decoder's max_len (default: its config.json decoding's max_len, 20 if it gives none)."""
     batch_size: PositiveInt = 32
     """Images decoded together."""
     as_json: Annotated[bool, tyro.conf.arg(name="json")] = False
@@ -175,6 +175,8 @@ def handler(args: CaptionOptions) -> int:
         where = args.model
     if settings is None:
         settings = _with_model_decoding(args, captioner.decoding)
+    elif args.max_len is None:  # samples as long as the model's own captions
+        settings = settings.replace(max_len=captioner.decoding.max_len)
     how = f"; {settings.describe()}" if isinstance(settings, DecodingConfig) else ""
     print(f"{PROG}: using {where} ({describe(captioner.info)}{how})", file=sys.stderr)
     if not items:

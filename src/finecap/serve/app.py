@@ -218,9 +218,9 @@ async def _prepare(request: Request, state: _State) -> tuple[BatchKey, Job, str]
         raise HTTPException(422, f"request: model: {model!r} is not loaded (loaded: {known})")
     request.state.log = {"model": model, "image": name}
     deadline = _now() + config.timeout_s  # --timeout-s counts from here
-    decoding = asyncio.to_thread(decode_image, data, name, config.max_pixels)
+    reading = asyncio.to_thread(decode_image, data, name, config.max_pixels)
     try:
-        image = await asyncio.wait_for(decoding, config.timeout_s)
+        image = await asyncio.wait_for(reading, config.timeout_s)
     except asyncio.TimeoutError:
         raise _timed_out(name, config) from None
     beams = options.beams(service.models[model].decoding.beam_size)

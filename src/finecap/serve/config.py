@@ -92,9 +92,10 @@ class CaptionOut(BaseModel):
     """CLIP-S (Hessel et al. 2021: 2.5 x max(cos, 0)) when the service has a CLIP and
     with_scores was asked; else null."""
     logprob: float
-    """The model's own ranking score: the caption's summed log-probability (its words' and
-    <eos>'s); where the model's decoding has a length penalty (`GET /v1/models`), that sum
-    divided by ((5 + length) / 6) ** alpha, as beam search ranks it."""
+    """The model's own ranking score: the caption's summed log-probability; where the
+    model's decoding has a length penalty (`GET /v1/models`) and it ran beam search (more
+    than one beam, or trigrams blocked), that sum divided by ((5 + length) / 6) ** alpha, as
+    beam search ranks it."""
     words: list[str]
     attention: Attention | None = None
 
@@ -117,6 +118,8 @@ class ModelOut(BaseModel):
     encoder: str
     decoder: str
     max_len: int
+    """Most words (a pretrained captioner's tokens) per caption: its decoding's max_len,
+    capped at the decoder's."""
     decoding: str
     """How it decodes unless a request sets the beams: its config.json's `decoding`, in words
     ("beam search, 3 beams, no trigram repeated")."""

@@ -18,7 +18,7 @@ from finecap.captioner import BUNDLED_MODELS, Caption, Captioner
 from finecap.errors import UserError
 from finecap.metrics.clipscore import CLIP_S_PREFIX, clip_s
 from finecap.model_card import describe
-from finecap.serve.config import Attention, CaptionOut, ModelOut
+from finecap.serve.config import MAX_BEAM_SIZE, Attention, CaptionOut, ModelOut
 
 DEFAULT_NAME = "default"
 """The bundled default model's name in the API (`--model` absent)."""
@@ -87,6 +87,13 @@ class CaptionService:
         `finecap.clip.ClipBundle` for CLIP-S, or None."""
         if not models:
             raise ValueError("a service needs at least one model")
+        for name, captioner in models.items():
+            if captioner.decoding.beam_size > MAX_BEAM_SIZE:
+                raise ModelLoadError(
+                    f"model {name}: its decoding has {captioner.decoding.beam_size} beams, more "
+                    f"than the {MAX_BEAM_SIZE} a request may ask for; lower its config.json's "
+                    "decoding.beam_size"
+                )
         self.models = models
         self.clip = clip
         self.embedder = None
@@ -107,7 +114,7 @@ class CaptionService:
                 default=name == self.default_model,
                 encoder=captioner.config.encoder.name,
                 decoder=captioner.config.decoder.name,
-                max_len=captioner.config.decoder.max_len,
+                max_len=captioner.decoding.max_len,
                 decoding=captioner.decoding.describe(),
             )
             for name, captioner in self.models.items()

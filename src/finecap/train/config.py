@@ -238,8 +238,9 @@ class TrainConfig(Settings):
     """The exported model's own decoding (its config.json's `decoding`, as a Hugging Face
     model's generation_config.json): what `finecap caption`, the service and
     `Captioner.caption` use where their caller sets nothing else. Keys left out keep the
-    default (3 beams). None: the `--init` model's own, as fine-tuning keeps a Hugging Face
-    model's generation config (3 beams for a model trained from scratch)."""
+    default (3 beams); its max_len is capped at model.decoder.max_len. None: the `--init`
+    model's own, as fine-tuning keeps a Hugging Face model's generation config (3 beams for a
+    model trained from scratch)."""
     scst: SCSTConfig | None = None
     """Self-critical settings; required (defaults filled in) when task is scst."""
 
@@ -273,8 +274,6 @@ def check_lengths(config: TrainConfig) -> None:
     (model.decoder.max_len, the size of the transformer's position table)."""
     limit = config.model.decoder.max_len
     lengths = {"data.max_len": config.data.max_len, "decoding.max_len": config.decoding.max_len}
-    if config.model_decoding is not None and config.model_decoding.max_len is not None:
-        lengths["model_decoding.max_len"] = config.model_decoding.max_len
     if config.scst is not None:
         lengths["scst.max_len"] = config.scst.max_len
     over = [f"{key} = {value}" for key, value in lengths.items() if value > limit]

@@ -31,7 +31,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finecap.captioner import Captioner
 from finecap.config import ConfigError
-from finecap.decoding import DEFAULT_DECODING, own_keys
 from finecap.distributed import is_primary_process
 from finecap.io import FolderLock, atomic_write_text
 from finecap.model_card import describe, render_card, training_facts
@@ -84,8 +83,8 @@ def resolve_model(config: TrainConfig, init: str | Path | None) -> tuple[TrainCo
             {k: getattr(given, k) for k in schedule if k in given.model_fields_set}
         )
     changes = {"model": model}
-    if config.model_decoding is None and initial.decoding != DEFAULT_DECODING:
-        changes["model_decoding"] = own_keys(initial.decoding)
+    if config.model_decoding is None and (own := initial.own_decoding()):
+        changes["model_decoding"] = own
     return config.replace(**changes), initial
 
 
@@ -248,7 +247,7 @@ def export_selected(
     if best.best_model_score is not None:
         extra["best_val_cider"] = float(best.best_model_score)
     captioner = Captioner(task.model.cpu().eval(), task.vocab, decoding=task.config.model_decoding)
-    own = None if captioner.decoding == DEFAULT_DECODING else captioner.decoding
+    own = captioner.decoding if captioner.own_decoding() else None  # the card says it if own
     card = render_card(extra, title=f"finecap captioner: {describe(extra)}", decoding=own)
     captioner.save_pretrained(folder, extra, card=card)
     return folder

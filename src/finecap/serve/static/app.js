@@ -73,7 +73,7 @@ async function captionWith(model, file, card, columns) {
   about.textContent = model.description;
   const how = document.createElement("p");
   how.className = "about decoding";
-  how.textContent = `decodes with ${model.decoding}`;  // its config.json's, unless Beam size is set
+  how.textContent = `its own decoding: ${model.decoding}`;  // config.json's; Beam size overrides
   const status = document.createElement("p");
   status.className = "numbers";
   status.textContent = "captioning…";
