@@ -170,6 +170,13 @@ def test_a_partial_decoding_section_keeps_the_defaults_it_leaves_out(
     assert captioner(paths, decoding=ModelDecodingConfig(block_trigrams=True))[0].text
 
 
+def test_samples_are_as_long_as_the_models_captions_unless_told(captioner, paths) -> None:
+    own = Captioner(captioner.model, captioner.vocab, decoding={"max_len": 4})  # talkative
+    assert {len(c.words) for c in own(paths, sampling=SamplingConfig(n=2), seed=0)} == {4}
+    longer = own(paths, sampling=SamplingConfig(n=2, max_len=6), seed=0)
+    assert {len(c.words) for c in longer} == {6}
+
+
 def test_a_model_that_blocks_trigrams_never_repeats_one(tmp_path) -> None:
     captioner = make_repetitive(make_tiny_captioner("lstm", max_len=8))
     images = random_images(3)

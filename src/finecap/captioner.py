@@ -118,8 +118,10 @@ class Captioner:
     @property
     def decoding(self) -> DecodingConfig:
         """How `caption` decodes when its caller gives no `decoding`: config.json's own
-        `decoding` (as a Hugging Face model's generation_config.json), else 3 beams; its
-        max_len capped at the decoder's."""
+        `decoding` (as a Hugging Face model's generation_config.json), else 3 beams and 20
+        words; its max_len capped at the decoder's. Assigning a mapping or a
+        `ModelDecodingConfig` keeps the default for the keys it leaves out; a plain
+        `DecodingConfig` sets every key (its own default beam_size is 1: greedy)."""
         return self._decoding
 
     @decoding.setter
@@ -132,7 +134,8 @@ class Captioner:
 
     def own_decoding(self) -> dict:
         """What `decoding` changes from the default one (3 beams, at most 20 words or the
-        decoder's max_len): the section config.json is written with; {} for the default."""
+        decoder's max_len if smaller): the section config.json is written with; {} for the
+        default."""
         default = model_decoding(None, "decoding", self.config.decoder.max_len).to_dict()
         return {k: v for k, v in self.decoding.to_dict().items() if v != default[k]}
 
@@ -282,7 +285,8 @@ class Captioner:
         captions per image: the best is returned, the others are in `Caption.alternatives`.
 
         `sampling` samples `sampling.n` captions per image instead (ranked as n-best are, by
-        log-probability). `seed` makes it reproducible: the same seed, images and batch_size
+        log-probability), as long as its max_len, or the model's own decoding's when it names
+        none. `seed` makes it reproducible: the same seed, images and batch_size
         give the same captions; `generator` continues a `torch.Generator`'s stream instead
         (what `finecap caption` does across its batches); neither: torch's global RNG.
         """
@@ -329,7 +333,10 @@ class Captioner:
                 raise ValueError("sampling= cannot be combined with beam_size= or decoding=")
             if seed is not None and generator is not None:
                 raise ValueError("give seed= or generator=, not both")
-            return sampling.replace(max_len=min(sampling.max_len, limit))
+            # A SamplingConfig that names no max_len samples as long as the model's captions.
+            given = "max_len" in sampling.model_fields_set
+            max_len = sampling.max_len if given else self.decoding.max_len
+            return sampling.replace(max_len=min(max_len, limit))
         if seed is not None or generator is not None:
             raise ValueError(
                 "seed= and generator= only apply with sampling= (beam search is exact)"

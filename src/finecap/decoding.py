@@ -83,8 +83,8 @@ class ModelDecodingConfig(DecodingConfig):
     Face captioner), written from a recipe's `model_decoding`, as a Hugging Face model's
     generation_config.json. `Captioner.caption`, `finecap caption` and the service decode
     with it where their caller sets nothing else. A key left out keeps finecap's default
-    (3 beams, no trigram blocked, at most 20 words); how many captions to return is each
-    caller's choice, so an n_best other than 1 is refused."""
+    (3 beams, no trigram blocked, at most 20 words, or the decoder's max_len if smaller); how
+    many captions to return is each caller's choice, so an n_best other than 1 is refused."""
 
     beam_size: PositiveInt = DEFAULT_BEAM_SIZE
     """1 = greedy decoding."""

@@ -134,8 +134,8 @@ def render_card(
     ]
     if decoding is not None:
         lines += [
-            f"It decodes by default with {decoding.describe()} (config.json's `decoding`); "
-            "settings a caller gives replace it.",
+            f"It decodes by default with {decoding.describe()}, at most {decoding.max_len} "
+            "words (its own `decoding` settings); settings a caller gives replace it.",
             "",
         ]
     return "\n".join(lines)

@@ -94,7 +94,8 @@ class CaptionOptions(Settings):
     """Makes --sample reproducible for the same images and --batch-size (default: random)."""
     max_len: PositiveInt | None = None
     """Most new tokens per caption (words; a pretrained captioner's own tokens), capped at the
-    decoder's max_len (default: its config.json decoding's max_len, 20 if it gives none)."""
+    decoder's max_len (default: its config.json decoding's max_len; if it gives none, 20,
+    capped at the decoder's: 16 for the bundled models)."""
     batch_size: PositiveInt = 32
     """Images decoded together."""
     as_json: Annotated[bool, tyro.conf.arg(name="json")] = False
@@ -175,8 +176,6 @@ def handler(args: CaptionOptions) -> int:
         where = args.model
     if settings is None:
         settings = _with_model_decoding(args, captioner.decoding)
-    elif args.max_len is None:  # samples as long as the model's own captions
-        settings = settings.replace(max_len=captioner.decoding.max_len)
     how = f"; {settings.describe()}" if isinstance(settings, DecodingConfig) else ""
     print(f"{PROG}: using {where} ({describe(captioner.info)}{how})", file=sys.stderr)
     if not items:

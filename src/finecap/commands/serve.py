@@ -1,7 +1,8 @@
 """`finecap serve`: the captioning service and its web page (`finecap.serve`, docs/SERVING.md).
 
-Everything that can be refused is, before the port opens: a --model that does not load, a
---clip without weights, an unreadable --api-key-file, a port in use (one line each, exit 2).
+Everything that can be refused is, before the port opens: a --model that does not load or
+whose own decoding has more beams than a request may ask for, a --clip without weights, an
+unreadable --api-key-file, a port in use (one line each, exit 2).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ def handler(args: ServeOptions) -> int:
         from finecap.clip import load_clip
 
         clip = load_clip(args.clip, device=device)  # ClipUnavailableError: one sentence
+    service = CaptionService(models, clip)  # refuses a model it cannot serve
     sock = listen(args.host, args.port)
     config = ServerConfig(**{name: getattr(args, name) for name in ServerConfig.model_fields})
-    app = create_app(CaptionService(models, clip), config, api_key)
+    app = create_app(service, config, api_key)
     _log_to_stderr(args.log_level)
     names = ", ".join(models)
     scored = f"; CLIP-S with {args.clip}" if clip is not None else ""

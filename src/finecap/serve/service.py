@@ -91,8 +91,8 @@ class CaptionService:
             if captioner.decoding.beam_size > MAX_BEAM_SIZE:
                 raise ModelLoadError(
                     f"model {name}: its decoding has {captioner.decoding.beam_size} beams, more "
-                    f"than the {MAX_BEAM_SIZE} a request may ask for; lower its config.json's "
-                    "decoding.beam_size"
+                    f"than the {MAX_BEAM_SIZE} a request may ask for; lower its decoding's "
+                    "beam_size (config.json; finecap.json for a Hugging Face captioner)"
                 )
         self.models = models
         self.clip = clip
