@@ -102,6 +102,40 @@ def test_text_gap_loss_pays_only_for_texts_too_close_to_their_negative() -> None
     assert opposite.item() == 0.0
 
 
+def test_fact_target_says_where_each_colour_lies() -> None:
+    from finecap.clip.dense import IGNORE, FactTarget, bag_labels, position_labels
+    from finecap.scenes.world import Scene, SceneObject
+
+    def scene(red_x: int, blue_x: int) -> Scene:
+        objects = [
+            SceneObject("circle", "red", "small", "plain", (red_x, 40, red_x + 10, 50)),
+            SceneObject("square", "blue", "small", "plain", (blue_x, 40, blue_x + 10, 50)),
+        ]
+        return Scene("grass", objects, [], 96)
+
+    def labels(*scenes: Scene | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.stack([bag_labels(s) for s in scenes]),
+            torch.stack([position_labels(s, 96) for s in scenes]),
+        )
+
+    target = FactTarget(32, position_weight=3.0)
+    left, right = target.targets(*labels(scene(10, 70), scene(70, 10)))
+    assert torch.allclose(left.norm(), torch.tensor(1.0))
+    assert (left * right).sum() < 0.9  # the same objects, swapped places: a different target
+    bag, position = labels(scene(10, 70), None)
+    assert bag[1, 0] == IGNORE
+    img = target.targets(bag[:1], position[:1])
+    assert target.loss(torch.cat([img, -img]), bag, position).item() == pytest.approx(0, abs=1e-6)
+    assert target.loss(img, *labels(None)).isnan()  # no scene: nothing to pull toward
+
+
+def img_of(model, pixels: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """The image embeddings (B, P) of a training step."""
+    pooled = model.vision_model(pixel_values=pixels).pooler_output
+    return F.normalize(model.visual_projection(pooled), dim=-1)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_world(tmp_path_factory.mktemp("world"), n=40, seed=1, image_size=48)
@@ -230,7 +264,7 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     cfg = ClipTrainConfig(
         epochs=1, batch_size=16, dense_weight=1.0, bag_weight=1.0, pair_weight=1.0,
         position_weight=1.0, relation_weight=1.0, hard_negative_prob=1.0, description_prob=1.0,
-        text_gap_weight=1.0,
+        text_gap_weight=1.0, fact_weight=1.0,
     )  # fmt: skip
     # One step by hand (no trainer: its logging is skipped): the heads and the gate learn.
     corpus = load_corpus(world)
@@ -243,7 +277,7 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     task = ClipTask(model, tokenizer, cfg, 1e-3)
     loss = task.training_step(batch, 0)
     terms = {"bag_weight": 0.0, "pair_weight": 0.0, "position_weight": 0.0, "relation_weight": 0.0}
-    terms["text_gap_weight"] = 0.0
+    terms |= {"text_gap_weight": 0.0, "fact_weight": 0.0}
     plain = ClipTask(model, tokenizer, cfg.replace(**terms), 1e-3)
     assert loss > plain.training_step(batch, 0) + 0.1  # the terms count (each > 0)
     no_position = ClipTask(model, tokenizer, cfg.replace(position_weight=0.0), 1e-3)
@@ -254,13 +288,17 @@ def test_gated_clip_trains_with_bag_position_relation_and_pair_terms(
     assert task.position.head.weight.grad.abs().sum() > 0
     assert task.relation.where.grad.abs().sum() > 0
     assert model.vision_model.pooler.gate.weight.grad.abs().sum() > 0
+    # The fact target reaches the image side only: it is a fixed target, not a head.
+    model.zero_grad()
+    facts = task.facts.loss(img_of(model, batch[0]), batch[3]["bag"], batch[3]["position"])
+    facts.backward()
+    assert model.visual_projection.weight.grad.abs().sum() > 0
+    assert model.text_projection.weight.grad is None or not model.text_projection.weight.grad.any()
     # The relation term alone reaches both towers (the head is shared by image and text).
     model.zero_grad()
     only = ClipTask(model, tokenizer, cfg, 1e-3)
     only.relation = task.relation
-    img = F.normalize(
-        model.visual_projection(model.vision_model(pixel_values=batch[0]).pooler_output), dim=-1
-    )
+    img = img_of(model, batch[0])
     texts = encode_texts(model, tokenizer, list(batch[1]))
     has_negative = torch.tensor([bool(t) for t in batch[2]])
     negatives = encode_texts(model, tokenizer, [t for t in batch[2] if t])

@@ -41,6 +41,7 @@ from finecap.clip.dense import (
     IGNORE,
     BagHead,
     DenseHeads,
+    FactTarget,
     PositionHead,
     RelationHead,
     objectness_loss,
@@ -134,6 +135,7 @@ class ClipTask(L.LightningModule):
         self.position = PositionHead(width) if cfg.position_weight > 0 else None
         shared = model.config.projection_dim  # the relation head reads both towers' embeddings
         self.relation = RelationHead(shared) if cfg.relation_weight > 0 else None
+        self.facts = FactTarget(shared, cfg.fact_position_weight) if cfg.fact_weight > 0 else None
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -174,6 +176,11 @@ class ClipTask(L.LightningModule):
             if not relation.isnan():  # nan: no scene in the batch
                 self.log("relation", relation, prog_bar=True, on_epoch=True, batch_size=batch_size)
                 loss = loss + self.cfg.relation_weight * relation
+        if self.facts is not None:
+            facts = self.facts.loss(img, labels["bag"], labels["position"])
+            if not facts.isnan():  # nan: no scene in the batch
+                self.log("facts", facts, prog_bar=True, on_epoch=True, batch_size=batch_size)
+                loss = loss + self.cfg.fact_weight * facts
         if self.cfg.pair_weight > 0 and len(neg):
             pair = pair_loss(img[has_negative], txt[has_negative], neg, self.model.logit_scale)
             self.log("pair", pair, prog_bar=True, on_epoch=True, batch_size=batch_size)
