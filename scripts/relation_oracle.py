@@ -13,6 +13,7 @@ negative per text, and the pairwise term. The probe's question is asked against 
 on the validation split, per kind: does the true text score above the one with a fact changed?
 
     python scripts/relation_oracle.py --dataset DIR/scenes/dataset.json --steps 1240
+    python scripts/relation_oracle.py --dataset D --steps 620 --images-from CLIP   # a real one
 
 1,240 steps of 64 images are 20 epochs of the 4,000 training images: the 20-epoch CLIP's
 steps. `finecap clip train --fact-weight` asks a CLIP's own image side for a target of this
@@ -28,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from finecap.clip import ClipEmbedder, load_clip
 from finecap.clip.config import CLIP_PROMPT, ScenesClipConfig
 from finecap.clip.data import descriptions_of
 from finecap.clip.tokenizer import train_bpe_tokenizer
@@ -92,6 +94,9 @@ def main() -> int:
     parser.add_argument("--position-weight", type=float, default=1.0)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--images-from", help="a trained CLIP whose frozen image embeddings replace the oracle"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -103,10 +108,19 @@ def main() -> int:
         [*texts, CLIP_PROMPT], arch.bpe_vocab_size, arch.max_text_length
     )
     model = build_scenes_clip(arch, tokenizer)
-    oracle = Oracle(arch.projection_dim, args.position_weight, args.seed)
     train_scenes = [Scene.from_dict(r.extra["scene"]) for r in train]
-    train_images = torch.stack([oracle(s) for s in train_scenes])  # (N, P), fixed
-    probes = probe_pairs([Scene.from_dict(r.extra["scene"]) for r in val], oracle, rng)
+    val_scenes = [Scene.from_dict(r.extra["scene"]) for r in val]
+    if args.images_from:  # a trained CLIP's image side, frozen
+        embedder = ClipEmbedder(load_clip(args.images_from))
+        train_images = embedder.embed_image_files([corpus.image_path(r) for r in train])
+        val_images = embedder.embed_image_files([corpus.image_path(r) for r in val])
+        side = f"the image side of {args.images_from}, frozen"
+    else:
+        oracle = Oracle(arch.projection_dim, args.position_weight, args.seed)
+        train_images = torch.stack([oracle(s) for s in train_scenes])  # (N, P), fixed
+        val_images = torch.stack([oracle(s) for s in val_scenes])
+        side = "an oracle image side"
+    probes = probe_pairs(val_scenes, val_images, rng)
 
     params = [
         *model.text_model.parameters(),
@@ -117,7 +131,7 @@ def main() -> int:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         opt, args.lr, total_steps=args.steps, pct_start=0.05
     )
-    print(f"text tower vs an oracle image side; {len(train)} training scenes, validation probe")
+    print(f"a fresh text tower vs {side}; {len(train)} training scenes, validation probe")
     print("| step | s | " + " | ".join(KINDS) + " | relation text cosine |")
     print("|---|---|" + "---|" * (len(KINDS) + 1))
     started, order = time.perf_counter(), []
@@ -141,13 +155,14 @@ def main() -> int:
     return 0
 
 
-def probe_pairs(scenes: list[Scene], oracle: Oracle, rng: random.Random) -> dict:
-    """kind -> (oracle images (M, P), true texts, changed texts) of the scenes that take it."""
+def probe_pairs(scenes: list[Scene], images: torch.Tensor, rng: random.Random) -> dict:
+    """kind -> (images (M, P), true texts, changed texts) of the scenes that take it;
+    `images` (N, P): one per scene."""
     probes = {}
     for kind in KINDS:
-        rows = [(scene, pair) for scene in scenes if (pair := draw(scene, rng, (kind,)))]
-        images = torch.stack([oracle(scene) for scene, _ in rows])
-        probes[kind] = (images, *zip(*(pair for _, pair in rows), strict=True))
+        rows = [(n, pair) for n, scene in enumerate(scenes) if (pair := draw(scene, rng, (kind,)))]
+        images_of = images[[n for n, _ in rows]]
+        probes[kind] = (images_of, *zip(*(pair for _, pair in rows), strict=True))
     return probes
 
 
