@@ -32,46 +32,37 @@ import torch.nn.functional as F
 from finecap.clip import ClipEmbedder, load_clip
 from finecap.clip.config import CLIP_PROMPT, ScenesClipConfig
 from finecap.clip.data import descriptions_of
+from finecap.clip.dense import BAG_SIZE, POSITION_KEYS, bag_labels
 from finecap.clip.tokenizer import train_bpe_tokenizer
 from finecap.clip.towers import build_scenes_clip, encode_texts
 from finecap.clip.train import clip_loss, pair_loss
 from finecap.data.formats import load_corpus
 from finecap.scenes.changes import changed_example
-from finecap.scenes.world import BACKGROUNDS, COLORS, PATTERNS, SHAPES, SIZES, Scene
+from finecap.scenes.world import BACKGROUNDS, Scene
 
 KINDS = ("shape", "pattern", "relation", "binding", "size")  # the recipe's hard negatives
 
 
 class Oracle:
-    """A scene -> a fixed unit vector (P,) that holds every fact a description states."""
+    """A scene -> a fixed unit vector (P,) that holds every fact a description states: the
+    background, the bound pairs (`finecap.clip.dense.bag_labels`) and each colour's and shape's
+    summed centres."""
 
     def __init__(self, width: int, position_weight: float, seed: int) -> None:
-        self.pairs = [  # bound pairs: (attribute, vocabulary), each with the shape
-            ("color", COLORS),
-            ("pattern", PATTERNS),
-            ("size", SIZES),
-        ]
-        n_pairs = sum(len(SHAPES) * len(vocab) for _, vocab in self.pairs)
-        self.size = len(BACKGROUNDS) + n_pairs + 2 * (len(COLORS) + len(SHAPES))
+        self.size = len(BACKGROUNDS) + BAG_SIZE + 2 * len(POSITION_KEYS)
         generator = torch.Generator().manual_seed(seed)
         self.projection = torch.randn(self.size, width, generator=generator) / self.size**0.5
         self.position_weight = position_weight
 
     def __call__(self, scene: Scene) -> torch.Tensor:
-        facts = torch.zeros(self.size)
-        facts[BACKGROUNDS.index(scene.background)] = 1
-        where = len(BACKGROUNDS)  # first entry of the current block
-        for name, vocab in self.pairs:
-            for obj in scene.objects:
-                facts[
-                    where + SHAPES.index(obj.shape) * len(vocab) + vocab.index(getattr(obj, name))
-                ] = 1
-            where += len(SHAPES) * len(vocab)
+        background = torch.zeros(len(BACKGROUNDS))
+        background[BACKGROUNDS.index(scene.background)] = 1
+        where = torch.zeros(len(POSITION_KEYS), 2)  # summed centres, in -1..1
         for obj in scene.objects:
             x, y = (2 * v / scene.image_size - 1 for v in obj.center)
-            for index in (COLORS.index(obj.color), len(COLORS) + SHAPES.index(obj.shape)):
-                facts[where + 2 * index] += self.position_weight * x
-                facts[where + 2 * index + 1] += self.position_weight * y
+            for key in (("color", obj.color), ("shape", obj.shape)):
+                where[POSITION_KEYS.index(key)] += torch.tensor([x, y]) * self.position_weight
+        facts = torch.cat([background, bag_labels(scene), where.flatten()])
         return F.normalize(facts @ self.projection, dim=0)
 
 
